@@ -1,0 +1,227 @@
+"""Locate, download and describe the model weights.
+
+Layout of a checkpoints folder (the published LatentSync layout plus the VAE and face models):
+
+    latentsync_unet.pt              LatentSync 1.6 UNet (ByteDance/LatentSync-1.6)
+    1.5/latentsync_unet.pt          LatentSync 1.5 UNet (ByteDance/LatentSync-1.5), optional
+    whisper/tiny.pt                 openai-whisper tiny (shipped in both LatentSync repos)
+    vae/config.json, vae/diffusion_pytorch_model.safetensors      stabilityai/sd-vae-ft-mse
+    auxiliary/models/buffalo_l/*.onnx                             InsightFace buffalo_l (1.6 face geometry)
+
+Folders searched, first match wins: an explicit folder, $LATENTSYNC_CHECKPOINTS, ComfyUI's
+``models/latentsync`` when running inside ComfyUI, and this package's ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("latentsync.checkpoints")
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PACKAGE_ROOT / "configs"
+SCHEDULER_CONFIG = CONFIG_DIR / "scheduler_config.json"
+VAE_REPO = "stabilityai/sd-vae-ft-mse"
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    repo: str
+    unet_file: str  # path inside the checkpoints folder
+    unet_config: Path
+    resolution: int
+
+
+VERSIONS = {
+    "1.6": ModelVersion("1.6", "ByteDance/LatentSync-1.6", "latentsync_unet.pt", CONFIG_DIR / "unet" / "stage2_512.yaml",
+                        512),
+    "1.5": ModelVersion("1.5", "ByteDance/LatentSync-1.5", "1.5/latentsync_unet.pt", CONFIG_DIR / "unet" / "stage2.yaml",
+                        256),
+}
+WHISPER_FILE = "whisper/tiny.pt"
+BUFFALO_DIR = "auxiliary/models/buffalo_l"
+# Real files are far larger; anything below these is a broken download (tiny test sets are exempt: see verify).
+OFFICIAL_MIN_BYTES = {"latentsync_unet.pt": 4_000_000_000, "tiny.pt": 70_000_000,
+                      "diffusion_pytorch_model.safetensors": 300_000_000}
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A weight file is absent and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class CheckpointSet:
+    root: Path
+    version: ModelVersion
+    unet: Path
+    unet_config: Path
+    whisper: Path
+    vae_dir: Path
+
+    @property
+    def buffalo_dir(self) -> Path:
+        return self.root / BUFFALO_DIR
+
+
+def get_version(version: str) -> ModelVersion:
+    try:
+        return VERSIONS[str(version)]
+    except KeyError:
+        raise ValueError(f"unknown LatentSync version {version!r}: choose one of {sorted(VERSIONS)}") from None
+
+
+def comfyui_models_dir() -> Path | None:
+    """ComfyUI's models/latentsync folder when running inside ComfyUI (its folder_paths module is loaded)."""
+    folder_paths = sys.modules.get("folder_paths")
+    models_dir = getattr(folder_paths, "models_dir", None)
+    return Path(models_dir) / "latentsync" if models_dir else None
+
+
+def search_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
+    candidates = [explicit, os.environ.get("LATENTSYNC_CHECKPOINTS"), comfyui_models_dir(),
+                  PACKAGE_ROOT / "checkpoints"]
+    dirs: list[Path] = []
+    for candidate in candidates:
+        if candidate and Path(candidate) not in dirs:
+            dirs.append(Path(candidate))
+    return dirs
+
+
+def download_command(version: str, root: Path) -> str:
+    return f"python -m latentsync.checkpoints download --version {version} --dir {root}"
+
+
+def _find(relative: str, dirs: list[Path]) -> Path | None:
+    for folder in dirs:
+        if (folder / relative).is_file():
+            return folder / relative
+    return None
+
+
+def _vae_dir(dirs: list[Path]) -> Path | None:
+    for folder in dirs:
+        if all((folder / "vae" / name).is_file() for name in VAE_FILES):
+            return folder / "vae"
+    return None
+
+
+def locate(version: str = "1.6", checkpoints_dir: str | os.PathLike | None = None, download: bool = True,
+           unet_config: str | os.PathLike | None = None) -> CheckpointSet:
+    """Find every file a run needs, downloading what is missing when allowed and online."""
+    spec = get_version(version)
+    dirs = search_dirs(checkpoints_dir)
+    target = dirs[0]  # downloads go to the first (most specific) folder
+    needed = {"unet": spec.unet_file, "whisper": WHISPER_FILE}
+    found = {key: _find(rel, dirs) for key, rel in needed.items()}
+    vae_dir = _vae_dir(dirs)
+    if download and (None in found.values() or vae_dir is None):
+        download_missing(version, target, unet=found["unet"] is None, whisper=found["whisper"] is None,
+                         vae=vae_dir is None)
+        found = {key: _find(rel, dirs) for key, rel in needed.items()}
+        vae_dir = _vae_dir(dirs)
+    missing = [rel for key, rel in needed.items() if found[key] is None]
+    if vae_dir is None:
+        missing.append("vae/" + " + vae/".join(VAE_FILES))
+    if missing:
+        where = ", ".join(str(d) for d in dirs)
+        raise MissingCheckpointError(
+            f"LatentSync {spec.name} checkpoint missing: {target / missing[0]} (searched {where}); "
+            f"download it with: {download_command(spec.name, target)}")
+    return CheckpointSet(root=found["unet"].parents[len(Path(spec.unet_file).parts) - 1], version=spec,
+                         unet=found["unet"], unet_config=Path(unet_config or spec.unet_config),
+                         whisper=found["whisper"], vae_dir=vae_dir)
+
+
+def download_missing(version: str, root: Path, unet: bool = True, whisper: bool = True, vae: bool = True,
+                     buffalo: bool = False) -> None:
+    """Download the official files into ``root`` with huggingface_hub (resumable, with progress bars).
+
+    Offline or failing downloads are logged and left for ``locate`` to report as missing.
+    """
+    spec = get_version(version)
+    jobs = []
+    if unet:
+        jobs.append((spec.repo, "latentsync_unet.pt", root / Path(spec.unet_file).parent))
+    if whisper:
+        jobs.append((spec.repo, WHISPER_FILE, root))
+    if vae:
+        jobs += [(VAE_REPO, name, root / "vae") for name in VAE_FILES]
+    for repo, filename, local_dir in jobs:
+        _hf_download(repo, filename, local_dir)
+    if buffalo:
+        download_buffalo(root)
+
+
+def _hf_download(repo: str, filename: str, local_dir: Path) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        log.info("offline (HF_HUB_OFFLINE=1): not downloading %s/%s", repo, filename)
+        return False
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        log.warning("huggingface_hub is not installed: cannot download %s/%s", repo, filename)
+        return False
+    try:
+        log.info("downloading %s/%s to %s", repo, filename, local_dir)
+        hf_hub_download(repo_id=repo, filename=filename, local_dir=str(local_dir))
+        return True
+    except Exception as error:  # offline, DNS, HTTP errors: all mean "not here"
+        log.warning("could not download %s/%s: %s", repo, filename, error)
+        return False
+
+
+def download_buffalo(root: Path) -> bool:
+    """InsightFace's buffalo_l (detector + 106-point landmarks) through insightface's own model store."""
+    try:
+        from insightface.utils.storage import ensure_available
+    except ImportError:
+        log.warning("insightface is not installed: cannot download buffalo_l")
+        return False
+    try:
+        ensure_available("models", "buffalo_l", root=str(root / "auxiliary"))
+        return True
+    except Exception as error:
+        log.warning("could not download buffalo_l: %s", error)
+        return False
+
+
+def describe_file(path: Path) -> dict:
+    """Presence and plausibility of one weight file, for verify_installation."""
+    if not path.is_file():
+        return {"path": str(path), "present": False, "size": 0, "plausible": False}
+    size = path.stat().st_size
+    minimum = OFFICIAL_MIN_BYTES.get(path.name, 1)
+    return {"path": str(path), "present": True, "size": size, "plausible": size >= minimum}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m latentsync.checkpoints",
+                                     description="Download the LatentSync weights.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    get = sub.add_parser("download", help="download the official checkpoints (resumable)")
+    get.add_argument("--version", default="1.6", choices=sorted(VERSIONS))
+    get.add_argument("--dir", default=str(PACKAGE_ROOT / "checkpoints"))
+    get.add_argument("--no-face-models", action="store_true", help="skip InsightFace buffalo_l")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = Path(args.dir)
+    download_missing(args.version, root, buffalo=not args.no_face_models)
+    try:
+        found = locate(args.version, root, download=False)
+    except MissingCheckpointError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"LatentSync {args.version} checkpoints ready in {found.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

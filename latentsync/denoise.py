@@ -1,0 +1,184 @@
+"""Seeded latent denoising of aligned faces: the numerical core of LatentSync inference.
+
+Reproduces the published pipeline's math and its order of random draws exactly:
+one initial noise draw ``(1, 4, 1, h, w)`` shared by every frame; then per 16-frame chunk, first the sample of
+the masked faces' latent distribution, then the sample of the reference faces' one; DDIM (eta 0, no further
+draws); classifier-free guidance against all-zero audio when ``guidance_scale > 1``; mouth paste-back.
+
+Several chunks may share one UNet call (``chunks_per_call``): the draws still happen chunk by chunk in order,
+so the result does not depend on batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+# The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
+VAE_SCALING_FACTOR = 0.18215
+VAE_SHIFT_FACTOR = 0.0
+
+
+@dataclass(frozen=True)
+class DenoiseSettings:
+    steps: int = 20
+    guidance_scale: float = 1.5
+    seed: int = 1247
+    chunk_size: int = 16  # frames per motion-module window (the checkpoints' num_frames)
+    chunks_per_call: int = 1  # how many full chunks go through the UNet together
+    vae_batch: int = 16  # frames per VAE encode/decode call
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"inference steps must be at least 1, got {self.steps}")
+        if not 1.0 <= self.guidance_scale <= 10.0:
+            raise ValueError(f"guidance scale (lips_expression) must be in [1, 10], got {self.guidance_scale}")
+        if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
+            raise ValueError("chunk_size, chunks_per_call and vae_batch must be positive")
+
+
+@dataclass
+class Chunk:
+    """One chunk of aligned faces, uint8-valued (F, 3, R, R) in 0..255, and their audio windows (F, T, d)."""
+
+    faces: torch.Tensor
+    audio: torch.Tensor
+
+
+StepCallback = Callable[[int, int], None]  # (steps done in this call, total steps of this call)
+
+
+class LipSyncDenoiser:
+    """Turns aligned faces + per-frame audio embeddings into lip-synced faces."""
+
+    def __init__(self, unet: torch.nn.Module, vae: AutoencoderKL, scheduler_config: dict, mouth_mask: torch.Tensor,
+                 settings: DenoiseSettings, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.unet = unet
+        self.vae = vae
+        self.settings = settings
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        self.scheduler.set_timesteps(settings.steps, device=self.device)
+        self.resolution = int(mouth_mask.shape[-1])
+        self.latent_size = self.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        # mask: (3, R, R), 0 on the mouth; the UNet gets channel 0 at latent size (nearest), like the reference.
+        self.pixel_mask = mouth_mask.to(self.device, dtype)
+        self.latent_mask = F.interpolate(mouth_mask[None, :1].float(), size=(self.latent_size,) * 2)[0].to(
+            self.device, dtype)
+        self.generator: torch.Generator | None = None
+        self.initial_noise: torch.Tensor | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.settings.guidance_scale > 1.0
+
+    def start(self, seed: int | None = None) -> None:
+        """Begin a new video: seed the generator and draw the shared initial noise."""
+        seed = self.settings.seed if seed is None else seed
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        shape = (1, self.vae.config.latent_channels, 1, self.latent_size, self.latent_size)
+        noise = torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        self.initial_noise = noise * self.scheduler.init_noise_sigma
+
+    @torch.inference_mode()
+    def run(self, chunks: Sequence[Chunk], on_step: StepCallback | None = None) -> list[torch.Tensor]:
+        """Denoise consecutive chunks of one video; returns the synced faces per chunk, (F, 3, R, R) in [-1, 1].
+
+        Chunks of equal length are batched through the UNet together; random draws stay in video order.
+        """
+        if self.generator is None:
+            raise RuntimeError("call start(seed) before run()")
+        conditions = [self._prepare(chunk) for chunk in chunks]  # draws happen here, in order
+        outputs: list[torch.Tensor] = []
+        group: list[dict] = []
+        for cond in conditions:
+            if group and cond["frames"] != group[0]["frames"]:
+                outputs += self._denoise_group(group, on_step)
+                group = []
+            group.append(cond)
+        if group:
+            outputs += self._denoise_group(group, on_step)
+        return outputs
+
+    def _prepare(self, chunk: Chunk) -> dict:
+        faces = chunk.faces.to(self.device, self.dtype)
+        pixels = faces / 255.0 * 2.0 - 1.0  # the reference's Normalize([0.5], [0.5])
+        masked = pixels * self.pixel_mask
+        masked_latents = self._encode(masked)
+        reference_latents = self._encode(pixels)
+        return {
+            "frames": faces.shape[0],
+            "pixels": pixels,
+            "masked_latents": masked_latents,
+            "reference_latents": reference_latents,
+            "audio": chunk.audio.to(self.device, self.dtype),
+        }
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE-encode (F, 3, R, R) in sub-batches, then draw one sample for the whole chunk (reference order)."""
+        batch = self.settings.vae_batch
+        moments = torch.cat([self.vae.encode(images[i:i + batch]).latent_dist.parameters
+                             for i in range(0, images.shape[0], batch)])
+        latents = DiagonalGaussianDistribution(moments).sample(generator=self.generator)
+        return (latents - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR
+
+    def _denoise_group(self, group: list[dict], on_step: StepCallback | None) -> list[torch.Tensor]:
+        per_call = self.settings.chunks_per_call
+        results = []
+        for start in range(0, len(group), per_call):
+            results += self._denoise_batch(group[start:start + per_call], on_step)
+        return results
+
+    def _denoise_batch(self, batch: list[dict], on_step: StepCallback | None) -> list[torch.Tensor]:
+        frames = batch[0]["frames"]
+        n = len(batch)
+
+        def to_video(latents):  # (F, C, h, w) -> (1, C, F, h, w)
+            return latents.permute(1, 0, 2, 3).unsqueeze(0)
+
+        condition = torch.cat([
+            torch.cat([self.latent_mask.expand(frames, -1, -1, -1).permute(1, 0, 2, 3).unsqueeze(0),
+                       to_video(c["masked_latents"]), to_video(c["reference_latents"])], dim=1)
+            for c in batch])  # (n, 9, F, h, w)
+        audio = torch.cat([c["audio"] for c in batch])  # (n*F, T, d)
+        if self.guided:
+            condition = torch.cat([condition, condition])
+            audio = torch.cat([torch.zeros_like(audio), audio])
+        latents = self.initial_noise.expand(n, -1, frames, -1, -1).clone()
+
+        timesteps = self.scheduler.timesteps
+        for index, t in enumerate(timesteps):
+            model_input = torch.cat([latents, latents]) if self.guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = torch.cat([model_input, condition], dim=1)
+            noise = self.unet(model_input, t, encoder_hidden_states=audio)
+            noise = getattr(noise, "sample", noise)
+            if self.guided:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + self.settings.guidance_scale * (conditional - unconditional)
+            latents = self.scheduler.step(noise, t, latents, eta=0.0).prev_sample
+            if on_step is not None:
+                on_step(index + 1, len(timesteps))
+
+        outputs = []
+        for i, cond in enumerate(batch):
+            decoded = self._decode(latents[i].permute(1, 0, 2, 3))
+            # keep the generated mouth (mask 0), the original face elsewhere
+            outputs.append(decoded * (1 - self.pixel_mask) + cond["pixels"] * self.pixel_mask)
+        return outputs
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
+        batch = self.settings.vae_batch
+        return torch.cat([self.vae.decode(latents[i:i + batch]).sample for i in range(0, latents.shape[0], batch)])
+
+
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> 0..255 uint8, rounding down like the reference's ``(x / 2 + 0.5).clamp(0, 1) * 255``."""
+    return ((pixels / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
