@@ -86,6 +86,13 @@ class LipSyncDenoiser:
         noise = torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
         self.initial_noise = noise * self.scheduler.init_noise_sigma
 
+    def skip(self, frames: int) -> None:
+        """Advance the generator past a chunk that is not generated (no face in it), so later chunks get the
+        same noise whatever happened to this one."""
+        shape = (frames, self.vae.config.latent_channels, self.latent_size, self.latent_size)
+        for _ in range(2):  # masked-face sample, reference-face sample
+            torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+
     @torch.inference_mode()
     def run(self, chunks: Sequence[Chunk], on_step: StepCallback | None = None) -> list[torch.Tensor]:
         """Denoise consecutive chunks of one video; returns the synced faces per chunk, (F, 3, R, R) in [-1, 1].

@@ -1,0 +1,98 @@
+"""Where frames come from and where revisited frames are kept: video files, in-RAM arrays, disk caches."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+
+class FrameSource(Protocol):
+    fps: Fraction
+    num_frames: int
+    height: int
+    width: int
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Consecutive uint8 (n, H, W, 3) RGB batches from the first frame to the last."""
+
+
+class VideoFileSource:
+    """Frames decoded from a file window by window: the video never enters RAM whole."""
+
+    def __init__(self, path: str | Path):
+        from .video import probe_video
+
+        self.path = Path(path)
+        info = probe_video(self.path)
+        self.fps, self.num_frames = Fraction(info.fps), int(info.num_frames)
+        self.height, self.width = int(info.height), int(info.width)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        from .video import iter_frame_batches
+
+        return iter_frame_batches(self.path, batch_size)
+
+
+class ArraySource:
+    """Frames already in RAM: uint8 (N, H, W, 3), or ComfyUI's float IMAGE (N, H, W, 3) in [0, 1]."""
+
+    def __init__(self, frames, fps: float | Fraction):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise ValueError(f"expected frames shaped (N, H, W, 3) with N >= 1, got {tuple(frames.shape)}")
+        self.frames = frames
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.num_frames, self.height, self.width = (int(s) for s in frames.shape[:3])
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.num_frames, batch_size):
+            yield to_uint8(self.frames[start:start + batch_size])
+
+
+def to_uint8(frames) -> np.ndarray:
+    """uint8 frames as they are; float frames in [0, 1] rounded to 0..255 (torch or numpy input)."""
+    if hasattr(frames, "detach"):
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class FrameStore:
+    """Fixed-shape uint8 records kept for revisiting: in RAM, or in a numpy memmap in a private temp folder.
+
+    Use as a context manager: the folder is removed on exit, success or failure.
+    """
+
+    def __init__(self, count: int, shape: tuple[int, ...], on_disk: bool, cache_dir: str | None = None):
+        self.on_disk = on_disk
+        self._folder = None
+        if on_disk:
+            self._folder = tempfile.mkdtemp(prefix="latentsync-cache-", dir=cache_dir)
+            self.data = np.lib.format.open_memmap(Path(self._folder) / "frames.npy", mode="w+", dtype=np.uint8,
+                                                  shape=(count, *shape))
+        else:
+            self.data = np.empty((count, *shape), dtype=np.uint8)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self.data = None  # drop the memmap before deleting its file
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+def pingpong_index(i: int, length: int) -> int:
+    """Source frame for output frame ``i`` when the video loops forward, backward, forward... (the reference)."""
+    k = i % (2 * length)
+    return k if k < length else 2 * length - 1 - k

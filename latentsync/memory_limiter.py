@@ -1,0 +1,162 @@
+"""GPU / RAM profile -> a memory plan: batch sizes, VRAM cap, memory or disk mode; OOM back-off; memory logs."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Callable, TypeVar
+
+import psutil
+import torch
+
+log = logging.getLogger("latentsync.memory")
+
+GB = 1024 ** 3
+OPTIMIZATION_LEVELS = ("conservative", "balanced", "aggressive")
+MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save host RAM
+# Share of free RAM the revisitable frames may take before the plan moves them to a disk cache.
+RAM_SHARE_BEFORE_DISK = {"aggressive": 0.0, "balanced": 0.25, "conservative": 0.6}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda", "mps" or "cpu"
+    name: str
+    total_vram: int = 0
+    free_vram: int = 0
+    capability: tuple[int, int] = (0, 0)
+    total_ram: int = 0
+    free_ram: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    profile: str
+    device: str
+    dtype: torch.dtype
+    chunks_per_call: int  # 16-frame chunks per UNet call
+    vae_batch: int
+    face_batch: int  # frames decoded, detected and aligned together
+    vram_fraction: float  # 0 = no cap
+    disk_cache: bool  # keep revisited frames in a disk cache instead of RAM
+    reasons: tuple[str, ...] = field(default=())
+
+
+def detect_hardware(device: str | None = None) -> Hardware:
+    ram = psutil.virtual_memory()
+    wanted = device or ("cuda" if torch.cuda.is_available() else
+                        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    if wanted.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(wanted).index or 0
+        free, total = torch.cuda.mem_get_info(index)
+        return Hardware("cuda", torch.cuda.get_device_name(index), total, free,
+                        torch.cuda.get_device_capability(index), ram.total, ram.available)
+    return Hardware(wanted if wanted == "mps" else "cpu", wanted, total_ram=ram.total, free_ram=ram.available)
+
+
+def _profile(hardware: Hardware) -> tuple[str, int, int, int]:
+    """(name, chunks per UNet call, VAE batch, face batch) by the VRAM there is."""
+    if hardware.device != "cuda":
+        return "cpu", 1, 4, 16
+    if hardware.total_vram > 20 * GB:
+        return "high (>20 GB)", 2, 16, 32
+    if hardware.total_vram > 8 * GB:
+        return "medium (>8 GB)", 1, 8, 16
+    return "low (<=8 GB)", 1, 2, 8
+
+
+def plan_memory(hardware: Hardware, *, resolution: int, source_frames: int, frame_shape: tuple[int, int],
+                revisits: bool, optimization_level: str = "balanced", memory_mode: str = "balanced",
+                vram_fraction: float = 0.0, disk_cache: bool | None = None) -> MemoryPlan:
+    """Choose batch sizes and modes; explicit ``vram_fraction`` / ``disk_cache`` override the profile.
+
+    ``revisits``: the audio outlasts the video, so source frames and faces are visited again (ping-pong).
+    """
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization_level must be one of {OPTIMIZATION_LEVELS}, got {optimization_level!r}")
+    if memory_mode not in MEMORY_MODES:
+        raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+    if not 0.0 <= vram_fraction <= 0.95:
+        raise ValueError(f"vram_fraction must be 0 (auto) or up to 0.95, got {vram_fraction}")
+    name, chunks, vae_batch, face_batch = _profile(hardware)
+    reasons = [f"profile {name} on {hardware.name}"]
+    scale = 512 / max(resolution, 1)  # smaller faces: larger VAE batches fit
+    vae_batch = max(1, int(vae_batch * scale * scale)) if hardware.device == "cuda" else vae_batch
+    if optimization_level == "conservative":
+        chunks, vae_batch, face_batch = 1, max(1, vae_batch // 4), max(4, face_batch // 2)
+    elif optimization_level == "aggressive" and hardware.device == "cuda":
+        chunks, vae_batch = chunks * 2, vae_batch * 2
+
+    dtype = torch.float32
+    if hardware.device == "cuda" and hardware.capability[0] > 7:
+        dtype = torch.float16  # what the published pipeline uses on these GPUs
+    if not vram_fraction and hardware.device == "cuda" and optimization_level == "conservative":
+        vram_fraction = min(0.95, 8 * GB / hardware.total_vram) if hardware.total_vram else 0.0
+        reasons.append(f"conservative: VRAM capped at {vram_fraction:.2f} of {hardware.total_vram / GB:.0f} GB")
+
+    if disk_cache is None:
+        frame_bytes = frame_shape[0] * frame_shape[1] * 3 + resolution * resolution * 3
+        working_set = source_frames * frame_bytes if revisits else 0
+        disk_cache = revisits and working_set > RAM_SHARE_BEFORE_DISK[memory_mode] * hardware.free_ram
+        if revisits:
+            reasons.append(f"revisited frames need {working_set / GB:.2f} GB of "
+                           f"{hardware.free_ram / GB:.1f} GB free RAM: {'disk' if disk_cache else 'memory'} mode")
+    return MemoryPlan(name, hardware.device, dtype, chunks, vae_batch, face_batch, vram_fraction, disk_cache,
+                      tuple(reasons))
+
+
+def apply_vram_fraction(plan: MemoryPlan) -> None:
+    if plan.device == "cuda" and plan.vram_fraction > 0:
+        torch.cuda.set_per_process_memory_fraction(plan.vram_fraction)
+
+
+def log_memory(stage: str) -> dict:
+    """Log (and return) RSS and, on CUDA, allocated / reserved / free VRAM at a stage edge."""
+    stats = {"stage": stage, "rss_gb": psutil.Process().memory_info().rss / GB}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        free, _ = torch.cuda.mem_get_info()
+        stats.update(allocated_gb=torch.cuda.memory_allocated() / GB, reserved_gb=torch.cuda.memory_reserved() / GB,
+                     free_gb=free / GB)
+    log.info("memory at %s: %s", stage, ", ".join(f"{k}={v:.2f}" for k, v in stats.items() if k != "stage"))
+    return stats
+
+
+class OutOfMemory(RuntimeError):
+    """Even the smallest batch did not fit."""
+
+
+T = TypeVar("T")
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def with_oom_backoff(plan: MemoryPlan, attempt: Callable[[MemoryPlan], T]) -> tuple[T, MemoryPlan]:
+    """Run ``attempt(plan)``; on out-of-memory free, halve the batch sizes and retry; then fail clearly.
+
+    ``attempt`` must be restartable (it is called again from the start with the smaller plan).
+    """
+    while True:
+        try:
+            return attempt(plan), plan
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+            if not is_oom(error):
+                raise
+            free_memory()
+            if plan.chunks_per_call == 1 and plan.vae_batch == 1:
+                raise OutOfMemory(
+                    "out of GPU memory even with the smallest batches: lower the resolution (model 1.5 / 256 px), "
+                    "set optimization_level to conservative, close other GPU programs, or run on the CPU") from error
+            smaller = replace(plan, chunks_per_call=max(1, plan.chunks_per_call // 2),
+                              vae_batch=max(1, plan.vae_batch // 2))
+            log.warning("out of memory with %d chunks per UNet call and VAE batch %d; retrying with %d and %d",
+                        plan.chunks_per_call, plan.vae_batch, smaller.chunks_per_call, smaller.vae_batch)
+            plan = smaller
