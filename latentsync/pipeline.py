@@ -94,7 +94,7 @@ class LipSyncModels:
         from .attention import create_backend
         from .audio import WhisperEncoder
         from .face import create_detector
-        from .models.loading import load_unet
+        from .models.loading import load_unet, load_unet_config
         from .vae import load_vae
 
         found = locate(options.version, options.checkpoints_dir, unet_config=options.unet_config)
@@ -107,7 +107,7 @@ class LipSyncModels:
         steps = ["unet", "vae", "whisper", "face detector"]
         report = progress or (lambda *_: None)
         report("load models", 0, len(steps))
-        unet = load_unet(found.unet, config["model"], device=device, dtype=dtype)
+        unet = load_unet(found.unet, load_unet_config(found.unet_config), device=device, dtype=dtype)
         mouth = torch.from_numpy(load_mouth_mask(resolution)[0].copy()) < 0.5
         backend = create_backend(options.attention, device, dtype, lip_focus=options.lip_focus, mouth_mask=mouth)
         unet.set_attention_backend(backend)

@@ -1,0 +1,98 @@
+"""Write a complete, real-format, tiny LatentSync checkpoint set for tests and smoke runs.
+
+    python -m latentsync.tools.make_tiny_checkpoints DIR
+
+DIR receives the published layout (see latentsync/checkpoints.py) with random weights small enough for a CPU:
+``latentsync_unet.pt`` (a dict with ``state_dict``, as published) and its yaml ``unet_tiny.yaml``,
+``whisper/tiny.pt`` (openai-whisper format), ``vae/`` (diffusers AutoencoderKL folder). Outputs are noise, but
+every loader, shape and code path is the real one. Run the pipeline with ``--unet-config DIR/unet_tiny.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..checkpoints import WHISPER_FILE
+from ..mask import MASK_PATH
+
+TINY_RESOLUTION = 128  # face crops; latents 16 x 16
+TINY_AUDIO_DIM = 24  # whisper width = UNet cross-attention width
+TINY_WHISPER_LAYERS = 4  # 4 blocks + input embedding = 5 layers; 10 steps x 5 = 50 audio tokens, as published
+
+TINY_UNET = {
+    "act_fn": "silu", "add_audio_layer": True, "attention_head_dim": 8, "block_out_channels": [32, 64, 64, 64],
+    "center_input_sample": False, "cross_attention_dim": TINY_AUDIO_DIM,
+    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "mid_block_type": "UNetMidBlock3DCrossAttn",
+    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 13, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "out_channels": 4, "sample_size": 16,
+    "resnet_time_scale_shift": "default", "use_motion_module": True, "motion_module_resolutions": [1, 2, 4, 8],
+    "motion_module_mid_block": False, "motion_module_decoder_only": False, "motion_module_type": "Vanilla",
+    "motion_module_kwargs": {
+        "num_attention_heads": 8, "num_transformer_block": 1, "attention_block_types": ["Temporal_Self"] * 2,
+        "temporal_position_encoding": True, "temporal_position_encoding_max_len": 24,
+        "temporal_attention_dim_div": 1, "zero_initialize": False},  # non-zero: the motion modules do something
+}
+
+TINY_VAE = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1,
+    "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 4, "sample_size": TINY_RESOLUTION,
+    "scaling_factor": 0.18215,
+}
+
+
+def write_tiny_unet(folder: Path, seed: int) -> Path:
+    from ..models.unet import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    model = UNet3DConditionModel(**TINY_UNET)
+    torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / "latentsync_unet.pt")
+    config = {"data": {"resolution": TINY_RESOLUTION, "num_frames": 16, "mask_image_path": str(MASK_PATH),
+                       "audio_sample_rate": 16000, "video_fps": 25},
+              "run": {"inference_steps": 20, "guidance_scale": 1.5, "seed": 1247},
+              "model": TINY_UNET}
+    path = folder / "unet_tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_tiny_vae(folder: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(**TINY_VAE).save_pretrained(str(folder / "vae"), safe_serialization=True)
+
+
+def make_tiny_checkpoints(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny set into ``folder``; returns the path of the tiny UNet yaml."""
+    from ..audio import make_tiny_whisper_checkpoint
+
+    folder = Path(folder)
+    (folder / "whisper").mkdir(parents=True, exist_ok=True)
+    config = write_tiny_unet(folder, seed)
+    write_tiny_vae(folder, seed)
+    make_tiny_whisper_checkpoint(folder / WHISPER_FILE, seed=seed, n_audio_state=TINY_AUDIO_DIM,
+                                 n_audio_layer=TINY_WHISPER_LAYERS)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m latentsync.tools.make_tiny_checkpoints", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = make_tiny_checkpoints(args.folder, args.seed)
+    print(f"tiny checkpoints written to {args.folder}; UNet config: {config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

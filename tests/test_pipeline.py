@@ -1,0 +1,215 @@
+"""End to end: real clips, tiny real-format checkpoints, the real detector, decoder and encoder.
+
+Source frames carry a binary stamp of their index in the top-left corner (far from the face), so each output
+frame tells which source frame it was made from: loops, cuts and frame-rate handling are checked exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from latentsync.frames import pingpong_index
+from latentsync.pipeline import Cancelled, LipSyncModels, LipSyncPipeline, PipelineOptions
+from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.video import MediaError, VideoWriter, iter_frame_batches
+
+BITS, CELL = 8, 16  # stamp: 8 cells of 16x16 px, white = 1
+
+
+def stamp(frame: np.ndarray, index: int) -> np.ndarray:
+    frame = frame.copy()
+    for bit in range(BITS):
+        frame[:CELL, bit * CELL:(bit + 1) * CELL] = 255 if (index >> bit) & 1 else 0
+    return frame
+
+
+def read_stamp(frame: np.ndarray) -> int:
+    cells = [frame[2:CELL - 2, b * CELL + 2:(b + 1) * CELL - 2].mean() for b in range(BITS)]
+    return sum(1 << b for b, value in enumerate(cells) if value > 127)
+
+
+def decode(path: Path) -> np.ndarray:
+    return np.concatenate(list(iter_frame_batches(path, 64)))
+
+
+def stream_info(path: Path) -> dict:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio
+        frames = sum(1 for _ in container.decode(video=0))
+        return {"frames": frames, "rate": Fraction(video.average_rate), "audio_streams": len(audio),
+                "audio_seconds": float(audio[0].duration * audio[0].time_base) if audio and audio[0].duration
+                else None, "width": video.width, "height": video.height}
+
+
+def make_clip(media_dir: Path, folder: Path, seconds: float, fps: Fraction) -> Path:
+    """The start of demo1 resampled to ``fps`` (nearest frame in time), every frame stamped with its index."""
+    source = decode_first(media_dir / "demo1_video.mp4", int(seconds * 25) + 2)
+    count = int(seconds * fps)
+    out = folder / f"clip_{float(fps):.2f}.mp4"
+    with VideoWriter(out, source.shape[2], source.shape[1], fps) as writer:
+        for i in range(count):
+            writer.write(stamp(source[min(len(source) - 1, int(i * 25 / fps))], i))
+    return out
+
+
+def decode_first(path: Path, count: int) -> np.ndarray:
+    frames = []
+    for batch in iter_frame_batches(path, 16):
+        frames.append(batch)
+        if sum(len(b) for b in frames) >= count:
+            break
+    return np.concatenate(frames)[:count]
+
+
+def make_audio(media_dir: Path, folder: Path, seconds: float) -> Path:
+    speech, rate = soundfile.read(media_dir / "long_speech_39s.wav", dtype="int16")
+    path = folder / f"speech_{seconds:.2f}.wav"
+    soundfile.write(path, speech[: int(seconds * rate)], rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, media_dir):
+    folder = tmp_path_factory.mktemp("pipeline")
+    config = make_tiny_checkpoints(folder / "checkpoints")
+    return {"folder": folder, "config": config, "checkpoints": folder / "checkpoints",
+            "clip25": make_clip(media_dir, folder, 1.0, Fraction(25)),
+            "clip30": make_clip(media_dir, folder, 1.0, Fraction(30000, 1001))}
+
+
+@pytest.fixture(scope="module")
+def pipeline(workspace, monkeypatch_module):
+    monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
+    options = PipelineOptions(steps=2, seed=1247, detector="dlib", device="cpu",
+                              checkpoints_dir=str(workspace["checkpoints"]), unet_config=str(workspace["config"]),
+                              memory_mode="aggressive")
+    return LipSyncPipeline(LipSyncModels.load(options), options)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_audio_shorter_cuts_and_keeps_everything_but_the_face(pipeline, workspace, media_dir):
+    out = workspace["folder"] / "cut.mp4"
+    audio = make_audio(media_dir, workspace["folder"], 0.7)
+    result = pipeline.run(workspace["clip25"], audio, out)
+    info = stream_info(out)
+    assert result.num_frames == info["frames"] == int(0.7 * 25)
+    assert info["rate"] == 25 and info["audio_streams"] == 1
+    assert abs(info["audio_seconds"] - info["frames"] / 25) < 0.05
+    frames, source = decode(out), decode(workspace["clip25"])
+    assert [read_stamp(f) for f in frames] == list(range(len(frames)))
+    # far from the face (the top fifth of the frame) the output is the input, up to the encoder's loss
+    top = slice(CELL, source.shape[1] // 5)
+    assert np.abs(frames[:, top].astype(int) - source[: len(frames), top].astype(int)).mean() < 2.0
+    assert result.frames_without_face == 0
+
+
+def test_audio_longer_loops_forward_backward(pipeline, workspace, media_dir):
+    out = workspace["folder"] / "loop.mp4"
+    audio = make_audio(media_dir, workspace["folder"], 2.4)
+    result = pipeline.run(workspace["clip25"], audio, out)
+    frames = decode(out)
+    assert len(frames) == result.num_frames == 60
+    assert [read_stamp(f) for f in frames] == [pingpong_index(i, 25) for i in range(60)]
+
+
+def test_ntsc_rate_input_stays_in_sync(pipeline, workspace, media_dir):
+    out = workspace["folder"] / "ntsc.mp4"
+    audio = make_audio(media_dir, workspace["folder"], 0.9)
+    pipeline.run(workspace["clip30"], audio, out)
+    info = stream_info(out)
+    rate = Fraction(30000, 1001)
+    assert info["rate"] == rate
+    assert info["frames"] == int(0.9 * rate)
+    assert abs(info["frames"] / rate - info["audio_seconds"]) < 1 / rate + 0.03
+    assert [read_stamp(f) for f in decode(out)] == list(range(info["frames"]))
+
+
+def test_frames_without_face_pass_through(pipeline, workspace, media_dir):
+    source = decode(workspace["clip25"])[:20]
+    source[5:9] = 0  # black frames: no face
+    for i in range(5, 9):
+        source[i] = stamp(source[i], i)
+    out = workspace["folder"] / "noface.mp4"
+    frames_seen = []
+    result = pipeline.run(source, make_audio(media_dir, workspace["folder"], 0.8), out, fps=25,
+                          frame_sink=frames_seen.append)
+    assert result.frames_without_face == 4
+    produced = np.concatenate(frames_seen)
+    assert np.array_equal(produced[5:9], source[5:9])  # untouched, bit for bit, before encoding
+
+
+def test_corrupt_input_fails_clearly_and_writes_nothing(pipeline, workspace, media_dir):
+    broken = workspace["folder"] / "broken.mp4"
+    broken.write_bytes(os.urandom(4096))
+    out = workspace["folder"] / "never.mp4"
+    with pytest.raises(MediaError, match="broken.mp4"):
+        pipeline.run(broken, media_dir / "demo1_audio.wav", out)
+    assert not out.exists()
+
+
+def test_cancel_leaves_no_output_and_no_temp_files(pipeline, workspace, media_dir, tmp_path):
+    out = tmp_path / "cancelled.mp4"
+    calls = []
+    with pytest.raises(Cancelled):
+        pipeline.run(workspace["clip25"], make_audio(media_dir, workspace["folder"], 2.4), out,
+                     should_cancel=lambda: len(calls) > 0, progress=lambda *a: calls.append(a))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_reports_user_errors_in_one_sentence(workspace, media_dir, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    base = [sys.executable, "-m", "latentsync", "--checkpoints", str(workspace["checkpoints"]), "--unet-config",
+            str(workspace["config"]), "--detector", "dlib", "--device", "cpu", "--quiet", "--out",
+            str(tmp_path / "o.mp4")]
+    missing = subprocess.run(base + ["--video", str(tmp_path / "nope.mp4"), "--audio",
+                                     str(media_dir / "demo1_audio.wav")], capture_output=True, text=True, env=env)
+    assert missing.returncode != 0 and "nope.mp4" in missing.stderr and "Traceback" not in missing.stderr
+    bad_steps = subprocess.run(base + ["--video", str(workspace["clip25"]), "--audio",
+                                       str(media_dir / "demo1_audio.wav"), "--steps", "0"],
+                               capture_output=True, text=True, env=env)
+    assert bad_steps.returncode != 0 and "inference_steps" in bad_steps.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path):
+    """SIGINT in the middle of a run: exit code 130, no output, nothing left in the output folder."""
+    import signal
+    import time
+
+    temp = tmp_path / "tmp"  # the run's private temp folders (disk cache, audio) must go too
+    temp.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               TMPDIR=str(temp))
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "latentsync", "--checkpoints", str(workspace["checkpoints"]), "--unet-config",
+         str(workspace["config"]), "--detector", "dlib", "--device", "cpu", "--out", str(out), "--video",
+         str(workspace["clip25"]), "--audio", str(make_audio(media_dir, workspace["folder"], 6.0)),
+         "--memory-mode", "aggressive", "--disk-cache", "on"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    seen = ""
+    while time.time() < deadline and "lip-sync" not in seen:  # wait until generation is under way
+        seen += process.stderr.read(1) or ""
+        if process.poll() is not None:
+            break
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert list(out.parent.iterdir()) == []
+    assert list(temp.iterdir()) == []

@@ -1,0 +1,206 @@
+"""Tell what works on this machine: torch / CUDA, attention backends, ffmpeg / NVENC, face detectors, checkpoints.
+
+    python verify_installation.py [--json] [--checkpoints DIR] [--version 1.6|1.5]
+
+Exits non-zero when the default path (LatentSync 1.6, auto attention, auto detector) cannot run here, after
+printing what to do about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the library importable from this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _section(name, fn):
+    try:
+        return fn()
+    except Exception as error:  # a broken component is a finding, not a crash of the report
+        return {"error": f"{type(error).__name__}: {error}", "section": name}
+
+
+def torch_report() -> dict:
+    import torch
+
+    report = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available":
+              torch.cuda.is_available(), "cuda": torch.version.cuda, "gpus": []}
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        report["gpus"].append({"name": props.name, "vram_gb": round(props.total_memory / 1024 ** 3, 1),
+                               "capability": f"{props.major}.{props.minor}"})
+    try:
+        import xformers
+
+        report["xformers"] = xformers.__version__
+    except ImportError:
+        report["xformers"] = None
+    return report
+
+
+def attention_report(device: str) -> list[dict]:
+    import torch
+
+    from latentsync.attention import backend_report
+
+    dtypes = [torch.float32] if device == "cpu" else [torch.float16, torch.bfloat16]
+    rows = []
+    for dtype in dtypes:
+        rows += backend_report(torch.device(device), dtype)
+    return rows
+
+
+def ffmpeg_report() -> dict:
+    from latentsync.video import find_ffmpeg, nvenc_available
+
+    try:
+        binary = find_ffmpeg()
+    except Exception as error:
+        return {"ffmpeg": None, "nvenc": False, "error": str(error)}
+    return {"ffmpeg": binary, "nvenc": nvenc_available(binary)}
+
+
+def detector_report(root: Path) -> dict:
+    from latentsync.face import available_detectors
+
+    return {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_detectors(root).items()}
+
+
+def checkpoint_report(version: str, folder: str | None) -> dict:
+    from latentsync.checkpoints import (BUFFALO_DIR, VAE_FILES, WHISPER_FILE, describe_file, get_version,
+                                        search_dirs)
+    from latentsync.models.loading import check_unet_file, load_unet_config
+
+    spec = get_version(version)
+    root = next((d for d in search_dirs(folder) if (d / spec.unet_file).is_file()), search_dirs(folder)[0])
+    files = {"unet": describe_file(root / spec.unet_file), "whisper": describe_file(root / WHISPER_FILE)}
+    for name in VAE_FILES:
+        files[f"vae/{name}"] = describe_file(root / "vae" / name)
+    if files["unet"]["present"]:
+        files["unet"]["loadable"] = _loadable(lambda: check_unet_file(root / spec.unet_file,
+                                                                      load_unet_config(spec.unet_config)))
+    if files["whisper"]["present"]:
+        from latentsync.audio import WhisperEncoder
+
+        files["whisper"]["loadable"] = _loadable(lambda: WhisperEncoder.from_checkpoint(root / WHISPER_FILE))
+    buffalo = root / BUFFALO_DIR
+    files["buffalo_l"] = {"path": str(buffalo), "present": buffalo.is_dir() and any(buffalo.glob("*.onnx"))}
+    return {"root": str(root), "version": version, "files": files}
+
+
+def _loadable(check) -> bool | str:
+    try:
+        check()
+        return True
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def problems(report: dict) -> list[str]:
+    """What stops the default path, each with the fix."""
+    found = []
+    torch_info = report["torch"]
+    if "error" in torch_info:
+        found.append(f"torch does not import ({torch_info['error']}): install PyTorch for your GPU from pytorch.org")
+    attention = report["attention"]
+    if isinstance(attention, dict) or not any(row.get("available") for row in attention):
+        found.append("no attention backend works: reinstall torch (>= 2.4)")
+    ffmpeg = report["ffmpeg"]
+    if not ffmpeg.get("ffmpeg"):
+        found.append("ffmpeg not found: pip install imageio-ffmpeg (or install ffmpeg on your PATH)")
+    detectors = report["detectors"]
+    if "error" in detectors or not any(d["available"] for d in detectors.values()):
+        found.append("no face detector works: pip install dlib-bin face_recognition_models, or download buffalo_l "
+                     "with python -m latentsync.checkpoints download")
+    checkpoints = report["checkpoints"]
+    if "error" in checkpoints:
+        found.append(f"checkpoints could not be checked: {checkpoints['error']}")
+    else:
+        for name, info in checkpoints["files"].items():
+            if name == "buffalo_l":
+                continue
+            if not info["present"] or info.get("loadable", True) is not True:
+                why = "missing" if not info["present"] else f"not loadable ({info['loadable']})"
+                found.append(f"checkpoint {info['path']} {why}: run python -m latentsync.checkpoints download "
+                             f"--version {checkpoints['version']} --dir {checkpoints['root']}")
+    return found
+
+
+def build_report(version: str, folder: str | None) -> dict:
+    report = {"torch": _section("torch", torch_report)}
+    device = "cuda" if report["torch"].get("cuda_available") else "cpu"
+    report["attention"] = _section("attention", lambda: attention_report(device))
+    report["ffmpeg"] = _section("ffmpeg", ffmpeg_report)
+    report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder))
+    root = Path(report["checkpoints"].get("root", "checkpoints"))
+    report["detectors"] = _section("detectors", lambda: detector_report(root))
+    report["problems"] = problems(report)
+    report["ok"] = not report["problems"]
+    return report
+
+
+def print_table(report: dict) -> None:
+    t = report["torch"]
+    print("LatentSync MEMSAFE installation check\n")
+    if "error" in t:
+        print(f"  torch        BROKEN  {t['error']}")
+    else:
+        gpus = ", ".join(f"{g['name']} ({g['vram_gb']} GB, sm {g['capability']})" for g in t["gpus"]) or "none"
+        print(f"  python       {t['python']}\n  torch        {t['torch']} (CUDA {t['cuda'] or '-'})\n  GPUs         {gpus}")
+        print(f"  xformers     {t['xformers'] or 'not installed'}")
+    print("\n  attention backend   dtype      available  max rel err  time vs standard  note")
+    attention = report["attention"]
+    for row in attention if isinstance(attention, list) else []:
+        err = row.get("max_rel_error")
+        speed = row.get("relative_time")
+        print(f"  {row['name']:<19} {row.get('dtype', ''):<10} {'yes' if row['available'] else 'no':<10} "
+              f"{'-' if err is None else f'{err:.1e}':<12} {'-' if speed is None else f'{speed:.2f}x':<17} "
+              f"{row.get('reason') or ''}")
+    if isinstance(attention, dict):
+        print(f"  BROKEN: {attention['error']}")
+    f = report["ffmpeg"]
+    print(f"\n  ffmpeg       {f.get('ffmpeg') or 'NOT FOUND'}\n  NVENC        {'yes' if f.get('nvenc') else 'no'}")
+    print("\n  face detector")
+    detectors = report["detectors"]
+    for name, info in ({} if "error" in detectors else detectors).items():
+        print(f"    {name:<12} {'yes' if info['available'] else 'no':<4} {info['reason'] or ''}")
+    c = report["checkpoints"]
+    if "error" not in c:
+        print(f"\n  checkpoints ({c['root']}, LatentSync {c['version']})")
+        for name, info in c["files"].items():
+            state = "present" if info["present"] else "MISSING"
+            if info.get("size"):
+                state += f", {info['size'] / 1e6:.1f} MB" + ("" if info.get("plausible", True) else " (small)")
+            if "loadable" in info:
+                state += ", loads" if info["loadable"] is True else f", DOES NOT LOAD: {info['loadable']}"
+            print(f"    {name:<40} {state}")
+    print()
+    if report["ok"]:
+        print("Everything the default path needs works here.")
+    else:
+        print("Problems:")
+        for problem in report["problems"]:
+            print(f"  - {problem}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--checkpoints", default=None, help="checkpoints folder to check")
+    parser.add_argument("--version", default="1.6", choices=["1.6", "1.5"])
+    args = parser.parse_args(argv)
+    report = build_report(args.version, args.checkpoints)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print_table(report)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
