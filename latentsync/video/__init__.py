@@ -1,0 +1,11 @@
+"""Video I/O: probe and stream-decode (PyAV), encode through an ffmpeg pipe (NVENC when present), mux audio."""
+
+from .errors import FFmpegNotFoundError, MediaError
+from .ffmpeg import choose_video_encoder, find_ffmpeg, nvenc_available
+from .reader import VideoInfo, count_frames, iter_frame_batches, probe_video, read_frames
+from .writer import VideoWriter, write_wav
+
+__all__ = [
+    "FFmpegNotFoundError", "MediaError", "VideoInfo", "VideoWriter", "choose_video_encoder", "count_frames",
+    "find_ffmpeg", "iter_frame_batches", "nvenc_available", "probe_video", "read_frames", "write_wav",
+]

@@ -1,0 +1,11 @@
+"""Errors raised by the video stage: one sentence with the cause and the fix."""
+
+from __future__ import annotations
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable, has no usable stream, or could not be written."""
+
+
+class FFmpegNotFoundError(RuntimeError):
+    """No ffmpeg binary could be found."""
