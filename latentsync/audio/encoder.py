@@ -1,0 +1,298 @@
+"""The Whisper encoder stage: openai-whisper checkpoint -> (T50, n_layer+1, d) audio features.
+
+What the published LatentSync does (its ``Audio2Feature`` on a patched whisper ``transcribe``), reproduced here:
+
+* log-mel of the whole track at once (whisper's clamp ``max(log_spec, log_spec.max() - 8)`` uses the maximum
+  over the whole track);
+* the encoder runs on consecutive windows of ``2 * n_audio_ctx`` mel frames (3000 = 30 s), the last window
+  zero-padded in log-mel space (``whisper.pad_or_trim``);
+* per window it keeps the input embedding (conv, gelu, conv, gelu, + positional embedding: what enters block 0)
+  and every block's output, before ``ln_post``: ``n_layer + 1`` layers;
+* from a window with ``m`` mel frames it keeps the first ``m // 2`` steps; the windows are concatenated.
+
+The mel is computed in blocks (same frames, same filters as ``whisper.log_mel_spectrogram``, the clamp
+applied once with the global maximum), so a long track never holds its whole STFT; the encoder sees one
+window (or ``window_batch`` windows) at a time and writes into the preallocated feature tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loading import SAMPLE_RATE
+
+HOP_LENGTH = 160
+N_FFT = 400
+_MEL_BLOCK_FRAMES = 30000  # 5 minutes of mel frames per STFT block
+
+
+class WhisperCheckpointError(ValueError):
+    """A Whisper checkpoint that cannot be used (unreadable, wrong format, wrong tensors)."""
+
+
+def _whisper():
+    try:
+        import whisper.audio
+        import whisper.model
+    except ImportError as error:  # pragma: no cover - a listed requirement
+        raise ImportError("the audio stage needs openai-whisper: pip install 'openai-whisper>=20240930'") from error
+    return whisper
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+
+def _dims_dict(dims) -> dict:
+    if dataclasses.is_dataclass(dims):
+        return dataclasses.asdict(dims)
+    return {key: int(value) for key, value in dict(dims).items()}
+
+
+def save_whisper_checkpoint(path: str | Path, dims, state_dict: Mapping[str, torch.Tensor]) -> Path:
+    """Write an openai-whisper format checkpoint ``{"dims": {...}, "model_state_dict": {...}}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"dims": _dims_dict(dims),
+               "model_state_dict": {name: tensor.detach().cpu().contiguous().clone()
+                                    for name, tensor in state_dict.items()}}
+    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_tiny_whisper_checkpoint(path: str | Path, seed: int = 0, *, n_audio_state: int = 64,
+                                 n_audio_layer: int = 2, n_audio_head: int | None = None, n_mels: int = 80,
+                                 n_text_layer: int = 1, n_vocab: int = 51865) -> Path:
+    """Write a small, randomly initialised, complete openai-whisper checkpoint (encoder and decoder).
+
+    Seeded and independent of the global RNG state. ``n_audio_head`` defaults to 4 (or the largest of 2, 1
+    that divides ``n_audio_state``).
+    """
+    whisper = _whisper()
+    if n_audio_state % 2:
+        raise ValueError(f"n_audio_state must be even (sinusoidal positions), got {n_audio_state}")
+    if n_audio_head is None:
+        n_audio_head = next(h for h in (4, 2, 1) if n_audio_state % h == 0)
+    dims = whisper.model.ModelDimensions(
+        n_mels=n_mels, n_audio_ctx=1500, n_audio_state=n_audio_state, n_audio_head=n_audio_head,
+        n_audio_layer=n_audio_layer, n_vocab=n_vocab, n_text_ctx=448, n_text_state=n_audio_state,
+        n_text_head=n_audio_head, n_text_layer=n_text_layer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = whisper.model.Whisper(dims)
+        with torch.no_grad():  # the decoder's positional embedding is created uninitialised
+            model.decoder.positional_embedding.normal_(0.0, 0.01)
+    return save_whisper_checkpoint(path, dims, model.state_dict())
+
+
+def _read_checkpoint(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"Whisper checkpoint not found: {path} (expected an openai-whisper .pt file "
+                                "such as whisper/tiny.pt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WhisperCheckpointError(f"Whisper checkpoint {path} could not be read ({type(error).__name__}: "
+                                     f"{detail}); it is corrupt or not an openai-whisper .pt file: download it "
+                                     "again") from error
+    if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise WhisperCheckpointError(f"Whisper checkpoint {path} is not in the openai-whisper format (a dict with "
+                                     f"'dims' and 'model_state_dict'); found {found}")
+    return checkpoint
+
+
+# -- the encoder ----------------------------------------------------------------------------------------------
+
+class WhisperEncoder:
+    """The audio encoder of an openai-whisper checkpoint, producing LatentSync's layered audio features."""
+
+    def __init__(self, model: nn.Module, dims, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, path: Path | None = None):
+        # weights stay float32, as openai-whisper keeps them: its Linear/Conv1d cast them to the input's dtype
+        # and its LayerNorm computes in float32, so fp16/bf16 runs need float32 parameters
+        self.model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        self.dims = dims
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.path = path
+
+    @property
+    def num_layers(self) -> int:
+        """Layers per feature step: the input embedding plus every block (``n_audio_layer + 1``)."""
+        return self.dims.n_audio_layer + 1
+
+    @property
+    def dim(self) -> int:
+        return self.dims.n_audio_state
+
+    @property
+    def window_frames(self) -> int:
+        """Mel frames per encoder window (3000 = 30 s for every published Whisper)."""
+        return 2 * self.dims.n_audio_ctx
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "WhisperEncoder":
+        """Load the encoder of an openai-whisper ``.pt`` (``weights_only``, strict keys; the decoder is skipped).
+
+        ``dtype`` is the compute dtype of the encoder's activations (float16/bfloat16 on a GPU); the weights stay
+        float32 as in openai-whisper, which casts them per layer and runs its layer norms in float32.
+        """
+        whisper = _whisper()
+        path = Path(path)
+        checkpoint = _read_checkpoint(path)
+        try:
+            dims = whisper.model.ModelDimensions(**checkpoint["dims"])
+        except TypeError as error:
+            raise WhisperCheckpointError(f"Whisper checkpoint {path} has unusable dims {checkpoint['dims']!r}: "
+                                         f"{error}") from error
+        prefix = "encoder."
+        weights = {name[len(prefix):]: tensor for name, tensor in checkpoint["model_state_dict"].items()
+                   if name.startswith(prefix)}
+        # built on the CPU (the "meta" device would pull in torch's decomposition tables: seconds of import)
+        encoder = whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
+                                             dims.n_audio_head, dims.n_audio_layer)
+        expected = set(encoder.state_dict())
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise WhisperCheckpointError(
+                f"Whisper checkpoint {path} does not match its dims: missing encoder tensors "
+                f"{_names(missing, prefix)}, unexpected {_names(unexpected, prefix)}")
+        try:
+            encoder.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())[:400]
+            raise WhisperCheckpointError(f"Whisper checkpoint {path} does not match its dims: {detail}") from error
+        return cls(encoder, dims, device=device, dtype=dtype, path=path)
+
+    # -- mel ---------------------------------------------------------------------------------------------------
+
+    def log_mel(self, audio: np.ndarray | torch.Tensor, block_frames: int = _MEL_BLOCK_FRAMES) -> torch.Tensor:
+        """Whisper's log-mel ``(n_mels, samples // 160)`` of the whole track, float32 on the CPU.
+
+        Equal to ``whisper.log_mel_spectrogram(audio)`` (same reflect-padded frames, window and filters, the
+        clamp taken over the whole track), computed ``block_frames`` frames at a time.
+        """
+        whisper = _whisper()
+        samples = _as_tensor(audio)
+        num = samples.shape[0]
+        if num <= N_FFT // 2:
+            raise ValueError(f"the audio ({num} samples at 16 kHz) is too short for a spectrogram")
+        num_frames = num // HOP_LENGTH
+        filters = whisper.audio.mel_filters(torch.device("cpu"), self.dims.n_mels)
+        window = torch.hann_window(N_FFT)
+        half = N_FFT // 2
+        mel = torch.empty(self.dims.n_mels, num_frames, dtype=torch.float32)
+        for first in range(0, num_frames, block_frames):
+            last = min(first + block_frames, num_frames)
+            # frame j covers padded samples [j*160, j*160 + 400) = audio [j*160 - 200, j*160 + 200)
+            block = _reflect_slice(samples, first * HOP_LENGTH - half, (last - 1) * HOP_LENGTH + half)
+            stft = torch.stft(block, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+            power = stft.abs() ** 2
+            mel[:, first:last] = torch.clamp(filters @ power, min=1e-10).log10()
+        mel = torch.maximum(mel, mel.max() - 8.0)
+        return (mel + 4.0) / 4.0
+
+    # -- features ----------------------------------------------------------------------------------------------
+
+    def num_steps(self, num_samples: int) -> int:
+        """Feature steps (T50) produced for ``num_samples`` of 16 kHz audio."""
+        frames = num_samples // HOP_LENGTH
+        full, rest = divmod(frames, self.window_frames)
+        return full * (self.window_frames // 2) + rest // 2
+
+    @torch.inference_mode()
+    def features(self, audio: np.ndarray | torch.Tensor, *, out_device: str | torch.device = "cpu",
+                 out_dtype: torch.dtype = torch.float32, window_batch: int = 1) -> torch.Tensor:
+        """Audio features ``(T50, n_layer+1, d)`` at 50 steps/s of a float mono 16 kHz waveform.
+
+        ``T50 = sum over 30 s windows of (mel frames in the window) // 2`` (``samples // 320`` up to window
+        rounding). The encoder runs on ``self.device`` / ``self.dtype``, ``window_batch`` windows per call; the
+        result is stored on ``out_device`` in ``out_dtype``.
+        """
+        whisper = _whisper()
+        samples = _as_tensor(audio)
+        if samples.shape[0] < 2 * HOP_LENGTH:
+            raise ValueError(f"the audio ({samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms) is too short: it needs at "
+                             "least one 20 ms feature step, and one video frame of audio for any output")
+        mel = self.log_mel(samples)
+        total_frames, size = mel.shape[1], self.window_frames
+        out = torch.empty(self.num_steps(samples.shape[0]), self.num_layers, self.dim, dtype=out_dtype,
+                          device=out_device)
+        starts = list(range(0, total_frames, size))
+        step = 0
+        for group in range(0, len(starts), max(1, int(window_batch))):
+            seeks = starts[group:group + max(1, int(window_batch))]
+            batch = torch.stack([whisper.audio.pad_or_trim(mel[:, seek:seek + size], size) for seek in seeks])
+            layers = self._encode(batch.to(device=self.device, dtype=self.dtype))
+            for row, seek in enumerate(seeks):
+                keep = (min(seek + size, total_frames) - seek) // 2
+                for index, layer in enumerate(layers):
+                    out[step:step + keep, index] = layer[row, :keep].to(device=out_device, dtype=out_dtype)
+                step += keep
+        assert step == out.shape[0]
+        return out
+
+    def _encode(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        """Input embedding and every block output, each (batch, n_audio_ctx, d), for mel (batch, n_mels, 3000)."""
+        encoder = self.model
+        x = F.gelu(encoder.conv1(mel))
+        x = F.gelu(encoder.conv2(x))
+        x = x.permute(0, 2, 1)
+        x = (x + encoder.positional_embedding).to(x.dtype)
+        layers = [x]
+        for block in encoder.blocks:
+            x = block(x)
+            layers.append(x)
+        return layers
+
+    def __repr__(self) -> str:
+        return (f"WhisperEncoder(path={str(self.path)!r}, layers={self.num_layers}, dim={self.dim}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+
+def _names(names: list[str], prefix: str) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(prefix + name for name in names[:6])
+    return shown + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _as_tensor(audio) -> torch.Tensor:
+    samples = audio.detach().cpu() if isinstance(audio, torch.Tensor) else torch.from_numpy(np.asarray(audio))
+    samples = samples.to(torch.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"the audio must be a mono 16 kHz waveform (samples,), got shape {tuple(samples.shape)}: "
+                         "use load_audio() to downmix and resample")
+    return samples.contiguous()
+
+
+def _reflect_slice(samples: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+    """``samples[begin:end]`` where indices outside ``[0, n)`` reflect about the ends (as ``F.pad(mode="reflect")``)."""
+    num = samples.shape[0]
+    parts = []
+    if begin < 0:
+        parts.append(samples[1:1 - begin].flip(0))
+    parts.append(samples[max(begin, 0):min(end, num)])
+    if end > num:
+        parts.append(samples[num - 1 - (end - num):num - 1].flip(0))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+__all__ = ["WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint", "make_tiny_whisper_checkpoint"]
