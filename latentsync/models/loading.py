@@ -87,6 +87,18 @@ def _read_tensors(path: Path) -> Mapping[str, torch.Tensor]:
     return data
 
 
+def _checked(checkpoint_path, config_path_or_dict) -> tuple[UNet3DConditionModel, Mapping[str, torch.Tensor]]:
+    """The configured model on the meta device and the checkpoint's tensors, verified to fit each other."""
+    config = (dict(config_path_or_dict) if isinstance(config_path_or_dict, Mapping)
+              else load_unet_config(config_path_or_dict))
+    path = Path(checkpoint_path)
+    tensors = _read_tensors(path)
+    with torch.device("meta"):
+        model = UNet3DConditionModel(**config)
+    check_state_dict(model, tensors, path)
+    return model, tensors
+
+
 def check_state_dict(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path) -> None:
     """Raise ``CheckpointMismatchError`` unless ``tensors`` has exactly the model's names and shapes."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -101,13 +113,13 @@ def check_state_dict(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
 def load_unet(checkpoint_path: str | Path, config_path_or_dict: str | Path | Mapping,
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> UNet3DConditionModel:
     """Build the configured UNet and load a checkpoint into it strictly; returns it in eval mode, no grads."""
-    config = (dict(config_path_or_dict) if isinstance(config_path_or_dict, Mapping)
-              else load_unet_config(config_path_or_dict))
-    path = Path(checkpoint_path)
-    tensors = _read_tensors(path)
-    with torch.device("meta"):
-        model = UNet3DConditionModel(**config)
-    check_state_dict(model, tensors, path)
+    model, tensors = _checked(checkpoint_path, config_path_or_dict)
     model.load_state_dict(tensors, strict=True, assign=True)
     del tensors
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def check_unet_file(checkpoint_path: str | Path, config_path_or_dict: str | Path | Mapping) -> int:
+    """Validate a checkpoint against the config without loading it (memory-mapped); returns its tensor count."""
+    _, tensors = _checked(checkpoint_path, config_path_or_dict)
+    return len(tensors)
