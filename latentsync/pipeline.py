@@ -190,7 +190,7 @@ class LipSyncPipeline:
 
     def _generate(self, source, samples, audio, features, total, revisits, plan, output_path, report,
                   should_cancel, frame_sink, timings, frame_windows) -> RunResult:
-        from .face import FaceStage, NoFaceError
+        from .face import FaceStage, no_face_error
         from .video import VideoWriter, write_wav
 
         models, options = self.models, self.options
@@ -228,8 +228,7 @@ class LipSyncPipeline:
                 done += len(frames)
                 report("lip-sync", done, total)
             if with_face == 0:
-                raise NoFaceError("no face was found in any frame of the video: use a clip that shows a face "
-                                  "(frontal, at least 50x80 px)")
+                raise no_face_error(total)
         if with_face < total:
             log.warning("%d of %d frames had no usable face and were passed through unchanged",
                         total - with_face, total)
@@ -247,29 +246,36 @@ class LipSyncPipeline:
 
     def _revisited(self, source: FrameSource, total: int, faces, plan: MemoryPlan, stack, report,
                    should_cancel) -> Iterator[AlignedFrames]:
-        """Ping-pong looping: align every source frame once, keep frames and faces, then replay by index."""
+        """Ping-pong looping: align every source frame once (in order, as the reference does), keep the frames
+        and face crops (RAM or disk cache) and the small geometry (RAM), then replay them by index."""
+        from .face import AlignedBatch, no_face_error
+
         count, res = source.num_frames, self.models.resolution
         keep_frames = not isinstance(source, ArraySource)  # in-RAM frames are indexed where they are
         frames = stack.enter_context(FrameStore(count, (source.height, source.width, 3), plan.disk_cache,
                                                 self.options.cache_dir)) if keep_frames else None
-        face_store = stack.enter_context(FrameStore(count, (3, res, res), plan.disk_cache, self.options.cache_dir))
-        aligned_batches = []
+        crops = stack.enter_context(FrameStore(count, (3, res, res), plan.disk_cache, self.options.cache_dir))
+        affines, has_faces, anchors = [], [], []  # small: kept in RAM
         position = 0
         for batch in _prefetch(source.batches(plan.face_batch)):
             _check_cancel(should_cancel)
             aligned = faces.align(batch)
             if frames is not None:
                 frames.data[position:position + len(batch)] = batch
-            face_store.data[position:position + len(batch)] = _faces_uint8(aligned.faces)
-            aligned_batches.append(aligned.without_faces())
+            crops.data[position:position + len(batch)] = aligned.faces.cpu().numpy()
+            affines.append(aligned.affine)
+            has_faces.append(aligned.has_face)
+            anchors.append(aligned.anchors)
             position += len(batch)
             report("align faces", position, count)
-        alignment = type(aligned_batches[0]).concatenate(aligned_batches)
+        affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
+        if not bool(has_face.any()):
+            raise no_face_error(count)
         for start in range(0, total, plan.face_batch):
             indices = [pingpong_index(i, count) for i in range(start, min(total, start + plan.face_batch))]
             batch = frames.data[indices] if frames is not None else _frames_at(source, indices)
-            picked = alignment.take(indices, torch.from_numpy(face_store.data[indices]))
-            yield AlignedFrames(np.ascontiguousarray(batch), picked)
+            crop = torch.from_numpy(crops.data[indices]).to(faces.device)
+            yield AlignedFrames(batch, AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices]))
 
     def _denoise(self, denoiser: LipSyncDenoiser, faces, group: AlignedFrames, audio: torch.Tensor):
         """Synced faces for a group of frames, or None when no frame of the group has a face."""
@@ -295,10 +301,6 @@ def _scheduler_config() -> dict:
 def _check_cancel(should_cancel) -> None:
     if should_cancel is not None and should_cancel():
         raise Cancelled("cancelled by the user; no output was written")
-
-
-def _faces_uint8(faces: torch.Tensor) -> np.ndarray:
-    return faces.detach().round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def _frames_at(source: ArraySource, indices: list[int]) -> np.ndarray:
