@@ -12,13 +12,20 @@ ROLES = ("spatial_self", "audio_cross", "temporal_self")
 
 
 class AttentionBackend:
-    """A kernel computing softmax(q k^T / sqrt(d)) v for (batch, heads, tokens, head_dim) tensors."""
+    """A kernel computing softmax(q k^T / sqrt(d)) v for (batch, heads, tokens, head_dim) tensors.
+
+    Call signature (fixed; the UNet relies on it): ``backend(q, k, v, role=role, hw=(h, w) or None)``
+    returns a tensor shaped like ``q`` except the last dimension, which is ``v``'s.
+    """
 
     name = "base"
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, role: str,
                  hw: tuple[int, int] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
 
 
 class StandardAttention(AttentionBackend):
@@ -34,3 +41,12 @@ class StandardAttention(AttentionBackend):
 
 def default_backend() -> AttentionBackend:
     return StandardAttention()
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs difference divided by the max abs reference value (normwise, so near-zero entries of
+    ``ref`` do not blow it up). Both are compared in float64."""
+    out = out.detach().double()
+    ref = ref.detach().double()
+    denom = ref.abs().max().clamp_min(1e-12)
+    return float((out - ref).abs().max() / denom)
