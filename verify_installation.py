@@ -71,7 +71,7 @@ def detector_report(root: Path) -> dict:
     return {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_detectors(root).items()}
 
 
-def checkpoint_report(version: str, folder: str | None) -> dict:
+def checkpoint_report(version: str, folder: str | None, unet_config: str | None = None) -> dict:
     from latentsync.checkpoints import (BUFFALO_DIR, VAE_FILES, WHISPER_FILE, describe_file, get_version,
                                         search_dirs)
     from latentsync.models.loading import check_unet_file, load_unet_config
@@ -83,7 +83,7 @@ def checkpoint_report(version: str, folder: str | None) -> dict:
         files[f"vae/{name}"] = describe_file(root / "vae" / name)
     if files["unet"]["present"]:
         files["unet"]["loadable"] = _loadable(lambda: check_unet_file(root / spec.unet_file,
-                                                                      load_unet_config(spec.unet_config)))
+                                                                      load_unet_config(unet_config or spec.unet_config)))
     if files["whisper"]["present"]:
         from latentsync.audio import WhisperEncoder
 
@@ -131,12 +131,12 @@ def problems(report: dict) -> list[str]:
     return found
 
 
-def build_report(version: str, folder: str | None) -> dict:
+def build_report(version: str, folder: str | None, unet_config: str | None = None) -> dict:
     report = {"torch": _section("torch", torch_report)}
     device = "cuda" if report["torch"].get("cuda_available") else "cpu"
     report["attention"] = _section("attention", lambda: attention_report(device))
     report["ffmpeg"] = _section("ffmpeg", ffmpeg_report)
-    report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder))
+    report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder, unet_config))
     root = Path(report["checkpoints"].get("root", "checkpoints"))
     report["detectors"] = _section("detectors", lambda: detector_report(root))
     report["problems"] = problems(report)
@@ -156,8 +156,8 @@ def print_table(report: dict) -> None:
     print("\n  attention backend   dtype      available  max rel err  time vs standard  note")
     attention = report["attention"]
     for row in attention if isinstance(attention, list) else []:
-        err = row.get("max_rel_error")
-        speed = row.get("relative_time")
+        err = row.get("max_rel_err")
+        speed = row.get("rel_time")
         print(f"  {row['name']:<19} {row.get('dtype', ''):<10} {'yes' if row['available'] else 'no':<10} "
               f"{'-' if err is None else f'{err:.1e}':<12} {'-' if speed is None else f'{speed:.2f}x':<17} "
               f"{row.get('reason') or ''}")
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--checkpoints", default=None, help="checkpoints folder to check")
     parser.add_argument("--version", default="1.6", choices=["1.6", "1.5"])
+    parser.add_argument("--unet-config", default=None, help="UNet yaml, when not the version's own")
     args = parser.parse_args(argv)
-    report = build_report(args.version, args.checkpoints)
+    report = build_report(args.version, args.checkpoints, args.unet_config)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

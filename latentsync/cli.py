@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             vram_fraction=args.vram_fraction, disk_cache={"auto": None, "on": True, "off": False}[args.disk_cache],
             detector=args.detector, device=args.device, checkpoints_dir=args.checkpoints,
             unet_config=args.unet_config)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         models = LipSyncModels.load(options, progress)
         result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:

@@ -26,3 +26,14 @@ def load_mouth_mask(resolution: int, path: str | None = None) -> np.ndarray:
     mask = np.ascontiguousarray((image.astype(np.float64) / 255.0).astype(np.float32).transpose(2, 0, 1))
     mask.setflags(write=False)  # cached and shared: callers must copy before changing it
     return mask
+
+
+def mouth_region(path: str | Path | None = None):
+    """The mask at its native size as a (H, W) bool tensor, True on the mouth (pixel value < 128)."""
+    import cv2
+    import torch
+
+    image = cv2.imread(str(path or MASK_PATH), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"mouth mask image not found or unreadable: {path or MASK_PATH}")
+    return torch.from_numpy(image < 128)

@@ -36,31 +36,19 @@ import logging
 import math
 import threading
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..mask import MASK_PATH as DEFAULT_MASK_PATH  # re-exported
+from ..mask import mouth_region as load_mouth_mask  # re-exported: (H, W) bool, True = mouth
 from .core import ROLES, AttentionBackend
 
 logger = logging.getLogger("latentsync.attention")
 
-DEFAULT_MASK_PATH = Path(__file__).resolve().parents[1] / "assets" / "mask.png"
 
 
 # --------------------------------------------------------------------------------------------- mouth mask
-
-def load_mouth_mask(path: str | Path | None = None) -> torch.Tensor:
-    """The pipeline's mask image as a (H, W) bool tensor, True = mouth (pixel value < 128, i.e. 0)."""
-    from PIL import Image
-    import numpy as np
-
-    path = Path(path) if path is not None else DEFAULT_MASK_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"mouth mask image not found at {path}: reinstall the package or pass mouth_mask")
-    img = np.array(Image.open(path).convert("L"))
-    return torch.from_numpy(img < 128)
-
 
 def mouth_mask_tokens(mouth_mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Resize a (H, W) bool mouth mask to the ``(h, w)`` token grid: area average, then >= 0.5.
