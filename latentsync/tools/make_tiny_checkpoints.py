@@ -48,13 +48,13 @@ TINY_VAE = {
 }
 
 
-def write_tiny_unet(folder: Path, seed: int) -> Path:
+def write_tiny_unet(folder: Path, seed: int, resolution: int = TINY_RESOLUTION) -> Path:
     from ..models.unet import UNet3DConditionModel
 
     torch.manual_seed(seed)
     model = UNet3DConditionModel(**TINY_UNET)
     torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / "latentsync_unet.pt")
-    config = {"data": {"resolution": TINY_RESOLUTION, "num_frames": 16, "mask_image_path": str(MASK_PATH),
+    config = {"data": {"resolution": resolution, "num_frames": 16, "mask_image_path": str(MASK_PATH),
                        "audio_sample_rate": 16000, "video_fps": 25},
               "run": {"inference_steps": 20, "guidance_scale": 1.5, "seed": 1247},
               "model": TINY_UNET}
@@ -70,13 +70,13 @@ def write_tiny_vae(folder: Path, seed: int) -> None:
     AutoencoderKL(**TINY_VAE).save_pretrained(str(folder / "vae"), safe_serialization=True)
 
 
-def make_tiny_checkpoints(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny set into ``folder``; returns the path of the tiny UNet yaml."""
+def make_tiny_checkpoints(folder: str | Path, seed: int = 0, resolution: int = TINY_RESOLUTION) -> Path:
+    """Write the tiny set into ``folder``; returns the path of the tiny UNet yaml (faces at ``resolution`` px)."""
     from ..audio import make_tiny_whisper_checkpoint
 
     folder = Path(folder)
     (folder / "whisper").mkdir(parents=True, exist_ok=True)
-    config = write_tiny_unet(folder, seed)
+    config = write_tiny_unet(folder, seed, resolution)
     write_tiny_vae(folder, seed)
     make_tiny_whisper_checkpoint(folder / WHISPER_FILE, seed=seed, n_audio_state=TINY_AUDIO_DIM,
                                  n_audio_layer=TINY_WHISPER_LAYERS)
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resolution", type=int, default=TINY_RESOLUTION, help="face size in px, a multiple of 64")
     args = parser.parse_args(argv)
-    config = make_tiny_checkpoints(args.folder, args.seed)
+    config = make_tiny_checkpoints(args.folder, args.seed, args.resolution)
     print(f"tiny checkpoints written to {args.folder}; UNet config: {config}")
     return 0
 

@@ -1,0 +1,99 @@
+"""Finding, downloading and reporting the weights (real tiny files, no network)."""
+
+import shutil
+import sys
+import types
+
+import pytest
+
+from latentsync import checkpoints
+from latentsync.checkpoints import MissingCheckpointError, locate, search_dirs
+from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    config = make_tiny_checkpoints(folder)
+    return folder, config
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LATENTSYNC_CHECKPOINTS", raising=False)
+
+
+def test_locate_finds_the_published_layout(tiny_set):
+    folder, _ = tiny_set
+    found = locate("1.6", folder)
+    assert found.root == folder
+    assert found.unet == folder / "latentsync_unet.pt"
+    assert found.whisper == folder / "whisper" / "tiny.pt"
+    assert found.vae_dir == folder / "vae"
+    assert found.unet_config.name == "stage2_512.yaml"
+
+
+def test_offline_missing_file_names_path_and_download_command(tmp_path, tiny_set):
+    shutil.copytree(tiny_set[0], tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "whisper" / "tiny.pt").unlink()
+    with pytest.raises(MissingCheckpointError) as error:
+        locate("1.6", tmp_path / "ckpt")
+    message = str(error.value)
+    assert str(tmp_path / "ckpt" / "whisper" / "tiny.pt") in message
+    assert f"python -m latentsync.checkpoints download --version 1.6 --dir {tmp_path / 'ckpt'}" in message
+    assert "\n" not in message
+
+
+def test_version_15_lives_in_its_own_folder(tmp_path, tiny_set):
+    shutil.copytree(tiny_set[0], tmp_path / "ckpt")
+    with pytest.raises(MissingCheckpointError, match=r"1\.5/latentsync_unet\.pt"):
+        locate("1.5", tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "1.5").mkdir()
+    shutil.copy(tmp_path / "ckpt" / "latentsync_unet.pt", tmp_path / "ckpt" / "1.5" / "latentsync_unet.pt")
+    found = locate("1.5", tmp_path / "ckpt")
+    assert found.root == tmp_path / "ckpt" and found.unet.parent.name == "1.5"
+    assert found.version.resolution == 256
+
+
+def test_search_order_env_then_comfyui_then_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSYNC_CHECKPOINTS", str(tmp_path / "env"))
+    monkeypatch.setitem(sys.modules, "folder_paths", types.SimpleNamespace(models_dir=str(tmp_path / "models")))
+    dirs = search_dirs(tmp_path / "explicit")
+    assert dirs[:3] == [tmp_path / "explicit", tmp_path / "env", tmp_path / "models" / "latentsync"]
+    assert dirs[3] == checkpoints.PACKAGE_ROOT / "checkpoints"
+
+
+def test_download_fetches_the_official_files_into_the_layout(tmp_path, tiny_set, monkeypatch):
+    """The download step asks huggingface_hub for the official repos and files; locate then finds them."""
+    import huggingface_hub
+
+    requested = []
+    sources = {"latentsync_unet.pt": tiny_set[0] / "latentsync_unet.pt",
+               "whisper/tiny.pt": tiny_set[0] / "whisper" / "tiny.pt",
+               "config.json": tiny_set[0] / "vae" / "config.json",
+               "diffusion_pytorch_model.safetensors": tiny_set[0] / "vae" / "diffusion_pytorch_model.safetensors"}
+
+    def fake_hub_download(repo_id, filename, local_dir):  # stands in for the network only
+        requested.append((repo_id, filename))
+        target = tmp_path / "ckpt" / local_dir.split(str(tmp_path / "ckpt"))[1].strip("/") / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sources[filename], target)
+        return str(target)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
+    found = locate("1.6", tmp_path / "ckpt")
+    assert sorted(requested) == sorted([
+        ("ByteDance/LatentSync-1.6", "latentsync_unet.pt"), ("ByteDance/LatentSync-1.6", "whisper/tiny.pt"),
+        ("stabilityai/sd-vae-ft-mse", "config.json"),
+        ("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors")])
+    assert found.unet.stat().st_size == sources["latentsync_unet.pt"].stat().st_size
+
+
+def test_describe_file_flags_truncated_official_files(tmp_path):
+    small = tmp_path / "latentsync_unet.pt"
+    small.write_bytes(b"x" * 1000)
+    info = checkpoints.describe_file(small)
+    assert info["present"] and not info["plausible"]
+    assert checkpoints.describe_file(tmp_path / "nope.pt")["present"] is False

@@ -1,0 +1,95 @@
+"""The memory plan: profiles by GPU, overrides, disk-mode decision and the OOM back-off."""
+
+import pytest
+import torch
+
+from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory,
+                                       with_oom_backoff)
+
+H100 = Hardware("cuda", "H100", 80 * GB, 79 * GB, (9, 0), 128 * GB, 100 * GB)
+RTX3060 = Hardware("cuda", "RTX 3060", 12 * GB, 11 * GB, (8, 6), 32 * GB, 20 * GB)
+GTX1660 = Hardware("cuda", "GTX 1660", 6 * GB, 5 * GB, (7, 5), 16 * GB, 8 * GB)
+CPU = Hardware("cpu", "cpu", total_ram=24 * GB, free_ram=20 * GB)
+FRAME = (1920, 1080)
+
+
+def plan(hardware, **kw):
+    args = dict(resolution=512, source_frames=250, frame_shape=FRAME, revisits=False)
+    args.update(kw)
+    return plan_memory(hardware, **args)
+
+
+def test_profiles_follow_vram_and_capability():
+    big, mid, small, cpu = plan(H100), plan(RTX3060), plan(GTX1660), plan(CPU)
+    assert big.chunks_per_call > mid.chunks_per_call >= small.chunks_per_call == 1
+    assert big.vae_batch > mid.vae_batch > small.vae_batch
+    assert big.dtype == mid.dtype == torch.float16  # the published pipeline's choice on capability > 7
+    assert small.dtype == cpu.dtype == torch.float32
+    assert cpu.device == "cpu" and cpu.vram_fraction == 0
+
+
+def test_optimization_level_trades_vram_for_speed():
+    conservative, aggressive = plan(H100, optimization_level="conservative"), plan(H100,
+                                                                                   optimization_level="aggressive")
+    assert conservative.chunks_per_call == 1 and aggressive.chunks_per_call > plan(H100).chunks_per_call
+    # conservative caps the process near 8 GB so 1.6 at 512 px runs as on an 8 GB card
+    assert conservative.vram_fraction == pytest.approx(8 / 80)
+    assert plan(H100, optimization_level="conservative", vram_fraction=0.5).vram_fraction == 0.5
+
+
+def test_disk_mode_when_revisited_frames_would_crowd_ram():
+    frame_bytes = 1920 * 1080 * 3 + 512 * 512 * 3
+    short = plan(CPU, revisits=True, source_frames=100)  # 0.6 GB of 20 GB free: stays in RAM
+    long = plan(CPU, revisits=True, source_frames=int(0.3 * 20 * GB / frame_bytes))  # > 25 % of free RAM
+    assert not short.disk_cache and long.disk_cache
+    assert plan(CPU, revisits=True, source_frames=100, memory_mode="aggressive").disk_cache
+    assert not plan(CPU, revisits=False, source_frames=10 ** 6).disk_cache  # nothing is revisited
+    assert not plan(CPU, revisits=True, source_frames=10 ** 6, disk_cache=False).disk_cache  # user override
+    assert any("disk" in reason for reason in long.reasons)
+
+
+@pytest.mark.parametrize("field,value", [("optimization_level", "max"), ("memory_mode", "low"),
+                                         ("vram_fraction", 0.99)])
+def test_bad_parameters_name_the_parameter(field, value):
+    with pytest.raises(ValueError, match=field):
+        plan(CPU, **{field: value})
+
+
+def test_oom_halves_batches_then_succeeds():
+    seen = []
+
+    def attempt(current):
+        seen.append((current.chunks_per_call, current.vae_batch))
+        if len(seen) < 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "done"
+
+    result, final = with_oom_backoff(plan(H100, optimization_level="aggressive"), attempt)
+    assert result == "done"
+    assert seen[1] == (seen[0][0] // 2, seen[0][1] // 2) and seen[2] == (max(1, seen[1][0] // 2), seen[1][1] // 2)
+    assert (final.chunks_per_call, final.vae_batch) == seen[2]
+
+
+def test_oom_at_smallest_batch_fails_with_advice():
+    def attempt(current):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(OutOfMemory, match="conservative"):
+        with_oom_backoff(plan(GTX1660), attempt)
+
+
+def test_other_errors_are_not_retried():
+    calls = []
+
+    def attempt(current):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with_oom_backoff(plan(H100), attempt)
+    assert len(calls) == 1
+
+
+def test_detects_this_machine():
+    hardware = detect_hardware("cpu")
+    assert hardware.device == "cpu" and hardware.total_ram > 0 and 0 < hardware.free_ram <= hardware.total_ram

@@ -1,0 +1,55 @@
+"""verify_installation.py as a user runs it: a table, or JSON, and an exit code that means something."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+
+SCRIPT = Path(__file__).resolve().parents[1] / "verify_installation.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verify")
+    return folder, make_tiny_checkpoints(folder)
+
+
+def run(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_json_report_of_a_working_setup(tiny_set):
+    folder, config = tiny_set
+    done = run("--json", "--checkpoints", folder, "--unet-config", config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["problems"] == []
+    rows = {row["name"]: row for row in report["attention"]}
+    assert rows["standard"]["available"] and rows["flash"]["available"]
+    assert rows["flash"]["max_rel_err"] < 1e-3
+    assert Path(report["ffmpeg"]["ffmpeg"]).exists()
+    assert report["detectors"]["dlib"]["available"]
+    assert report["checkpoints"]["files"]["unet"]["loadable"] is True
+    assert report["checkpoints"]["files"]["whisper"]["loadable"] is True
+
+
+def test_missing_and_mismatched_checkpoints_fail_with_the_fix(tiny_set, tmp_path):
+    folder, config = tiny_set
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "whisper" / "tiny.pt").unlink()
+    done = run("--checkpoints", broken)  # the 1.6 config does not fit the tiny UNet either
+    assert done.returncode == 1
+    assert "Problems:" in done.stdout and "MISSING" in done.stdout
+    assert f"{broken / 'whisper' / 'tiny.pt'} missing" in done.stdout
+    assert "does not match the LatentSync UNet config" in done.stdout
+    assert f"python -m latentsync.checkpoints download --version 1.6 --dir {broken}" in done.stdout
+    assert "attention backend" in done.stdout and "standard" in done.stdout
