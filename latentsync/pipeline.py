@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, locate
+from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, download_buffalo, locate
 from .denoise import Chunk, DenoiseSettings, LipSyncDenoiser
 from .frames import ArraySource, FrameSource, FrameStore, VideoFileSource, pingpong_index
 from .mask import load_mouth_mask
@@ -98,6 +98,8 @@ class LipSyncModels:
         from .vae import load_vae
 
         found = locate(options.version, options.checkpoints_dir, unet_config=options.unet_config)
+        if options.detector in ("auto", "insightface"):
+            download_buffalo(found.root)  # the reference geometry's detector; no-op when present or offline
         config = yaml.safe_load(Path(found.unet_config).read_text())
         resolution, chunk_size = int(config["data"]["resolution"]), int(config["data"]["num_frames"])
         hardware = detect_hardware(options.device)

@@ -21,10 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..checkpoints import BUFFALO_DIR, BUFFALO_FILES
+
 log = logging.getLogger("latentsync.face")
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
-BUFFALO_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
 
 # 106-point indices the reference averages (latentsync/utils/image_processor.py).
 BROW1_106 = [43, 48, 49, 51, 50]
@@ -184,17 +185,17 @@ class InsightFaceDetector(FaceDetector):
 
     @staticmethod
     def model_dir_for(checkpoints_dir) -> Path:
-        return Path(checkpoints_dir or DEFAULT_CHECKPOINTS) / "auxiliary" / "models" / "buffalo_l"
+        return Path(checkpoints_dir or DEFAULT_CHECKPOINTS) / BUFFALO_DIR
 
     @classmethod
     def available(cls, checkpoints_dir=None) -> tuple[bool, str]:
         if importlib.util.find_spec("onnxruntime") is None:
             return False, "onnxruntime is not installed; run `pip install onnxruntime-gpu` (or onnxruntime)"
         folder = cls.model_dir_for(checkpoints_dir)
-        missing = [n for n in ("det_10g.onnx", "2d106det.onnx") if not (folder / n).is_file()]
+        missing = [n for n in BUFFALO_FILES if not (folder / n).is_file()]
         if missing:
-            return False, (f"buffalo_l models not found at {folder} (missing {', '.join(missing)}); download "
-                           f"{BUFFALO_URL} and unzip it into that folder")
+            return False, (f"buffalo_l models not found at {folder} (missing {', '.join(missing)}); download them "
+                           f"with: python -m latentsync.checkpoints download --dir {folder.parents[2]}")
         return True, f"buffalo_l models at {folder}"
 
     def _load(self):
