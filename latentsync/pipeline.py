@@ -170,9 +170,17 @@ class LipSyncPipeline:
         apply_vram_fraction(plan)
         log_memory("start")
 
+        delivered = 0  # frames already handed to frame_sink: a retry after OOM must not hand them again
+
+        def sink_once(start: int, frames: np.ndarray) -> None:
+            nonlocal delivered
+            if frame_sink is not None and start + len(frames) > delivered:
+                frame_sink(frames[delivered - start:] if start < delivered else frames)
+                delivered = start + len(frames)
+
         def attempt(current_plan: MemoryPlan) -> RunResult:
             return self._generate(source, samples, audio, features, total, revisits, current_plan, output_path,
-                                  report, should_cancel, frame_sink, timings, frame_windows)
+                                  report, should_cancel, sink_once, timings, frame_windows)
 
         result, _ = with_oom_backoff(plan, attempt)
         timings["total"] = time.perf_counter() - started
@@ -218,15 +226,19 @@ class LipSyncPipeline:
                 batches = self._revisited(source, total, faces, plan, stack, report, should_cancel)
             else:
                 batches = self._streamed(source, total, faces, plan)
-            for group in _regroup(batches, group_frames):
+            stages = _StageClock(timings)
+            groups = _regroup(batches, group_frames)
+            while (group := stages.next("decode_align", groups)) is not None:
                 _check_cancel(should_cancel)
                 with_face += int(group.aligned.has_face.sum())
                 window = frame_windows(features, float(fps), start=done, stop=done + len(group.frames))
-                synced = self._denoise(denoiser, faces, group, window)
-                frames = group.frames if synced is None else faces.restore(group.frames, synced, group.aligned)
-                writer.write(frames)
-                if frame_sink is not None:
-                    frame_sink(frames)
+                with stages("denoise"):
+                    synced = self._denoise(denoiser, faces, group, window)
+                with stages("restore"):
+                    frames = group.frames if synced is None else faces.restore(group.frames, synced, group.aligned)
+                with stages("encode"):
+                    writer.write(frames)
+                frame_sink(done, frames)
                 done += len(frames)
                 report("lip-sync", done, total)
             if with_face == 0:
@@ -298,6 +310,27 @@ def _scheduler_config() -> dict:
     import json
 
     return json.loads(SCHEDULER_CONFIG.read_text())
+
+
+class _StageClock:
+    """Adds the seconds spent in each stage to ``timings`` (a synchronising read on CUDA keeps it honest)."""
+
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def next(self, stage: str, iterator):
+        with self(stage):
+            return next(iterator, None)
 
 
 def _check_cancel(should_cancel) -> None:

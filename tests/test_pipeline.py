@@ -213,3 +213,28 @@ def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path):
     assert process.returncode == 130
     assert list(out.parent.iterdir()) == []
     assert list(temp.iterdir()) == []
+
+
+def test_out_of_memory_mid_run_retries_smaller_and_delivers_each_frame_once(pipeline, workspace, media_dir,
+                                                                             monkeypatch):
+    import torch
+
+    unet = pipeline.models.unet
+    original, calls = unet.forward, []
+
+    def flaky_forward(*args, **kwargs):  # the GPU runs out of memory once, after the first chunk is out
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", flaky_forward)
+    delivered = []
+    out = workspace["folder"] / "oom.mp4"
+    result = pipeline.run(workspace["clip25"], make_audio(media_dir, workspace["folder"], 1.3), out,
+                          frame_sink=delivered.append)
+    frames = np.concatenate(delivered)
+    assert result.num_frames == len(frames) == 32
+    assert result.plan.vae_batch < 4  # the retry ran with halved batches
+    assert [read_stamp(f) for f in frames] == [pingpong_index(i, 25) for i in range(32)]  # each frame once
+    assert stream_info(out)["frames"] == 32
