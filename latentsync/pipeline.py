@@ -233,7 +233,7 @@ class LipSyncPipeline:
                 with_face += int(group.aligned.has_face.sum())
                 window = frame_windows(features, float(fps), start=done, stop=done + len(group.frames))
                 with stages("denoise"):
-                    synced = self._denoise(denoiser, faces, group, window)
+                    synced = self._denoise(denoiser, group, window, should_cancel)
                 with stages("restore"):
                     frames = group.frames if synced is None else faces.restore(group.frames, synced, group.aligned)
                 with stages("encode"):
@@ -291,7 +291,7 @@ class LipSyncPipeline:
             crop = torch.from_numpy(crops.data[indices]).to(faces.device)
             yield AlignedFrames(batch, AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices]))
 
-    def _denoise(self, denoiser: LipSyncDenoiser, faces, group: AlignedFrames, audio: torch.Tensor):
+    def _denoise(self, denoiser: LipSyncDenoiser, group: AlignedFrames, audio: torch.Tensor, should_cancel):
         """Synced faces for a group of frames, or None when no frame of the group has a face."""
         has_face = group.aligned.has_face
         if not bool(has_face.any()):
@@ -300,7 +300,8 @@ class LipSyncPipeline:
         face_pixels = _fill_missing_faces(group.aligned.faces, has_face)
         size = denoiser.settings.chunk_size
         chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, len(group.frames), size)]
-        return torch.cat(denoiser.run(chunks))
+        # cancellation is checked at every denoising step: a long chunk never makes the user wait
+        return torch.cat(denoiser.run(chunks, on_step=lambda done, steps: _check_cancel(should_cancel)))
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
