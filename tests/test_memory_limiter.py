@@ -93,3 +93,15 @@ def test_other_errors_are_not_retried():
 def test_detects_this_machine():
     hardware = detect_hardware("cpu")
     assert hardware.device == "cpu" and hardware.total_ram > 0 and 0 < hardware.free_ram <= hardware.total_ram
+
+
+def test_command_prints_this_machines_plan():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "memory_limiter.py"
+    done = subprocess.run([sys.executable, str(script), "--revisits", "--frames", "5000", "--memory-mode",
+                           "aggressive", "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "profile          cpu" in done.stdout and "disk_cache       True" in done.stdout
