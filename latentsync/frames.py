@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from fractions import Fraction
@@ -45,12 +46,24 @@ class ArraySource:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
             raise ValueError(f"expected frames shaped (N, H, W, 3) with N >= 1, got {tuple(frames.shape)}")
         self.frames = frames
-        self.fps = Fraction(fps).limit_denominator(1001)
+        self.fps = frame_rate(fps)
         self.num_frames, self.height, self.width = (int(s) for s in frames.shape[:3])
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, self.num_frames, batch_size):
             yield to_uint8(self.frames[start:start + batch_size])
+
+
+NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
+
+
+def frame_rate(fps: float | Fraction) -> Fraction:
+    """A rate as an exact fraction; 23.976, 29.97, 59.94 ... given as floats mean the NTSC rates n*1000/1001."""
+    rate = Fraction(fps)
+    for ntsc in NTSC_RATES:
+        if abs(rate - ntsc) < Fraction(1, 100):
+            return ntsc
+    return rate.limit_denominator(1001)
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -64,20 +77,43 @@ def to_uint8(frames) -> np.ndarray:
 
 
 class FrameStore:
-    """Fixed-shape uint8 records kept for revisiting: in RAM, or in a numpy memmap in a private temp folder.
+    """Fixed-shape uint8 records kept for revisiting: in RAM, or in a file in a private temp folder.
 
-    Use as a context manager: the folder is removed on exit, success or failure.
+    On disk, records are written and read with positioned I/O rather than a memory map: mapped pages would count
+    in the process's resident memory, while plain reads leave the caching to the kernel. Use as a context
+    manager: the folder is removed on exit, success or failure.
     """
 
     def __init__(self, count: int, shape: tuple[int, ...], on_disk: bool, cache_dir: str | None = None):
+        self.shape = tuple(shape)
+        self.record_bytes = int(np.prod(self.shape))
         self.on_disk = on_disk
-        self._folder = None
+        self._folder = self._file = None
+        self._memory = None
         if on_disk:
             self._folder = tempfile.mkdtemp(prefix="latentsync-cache-", dir=cache_dir)
-            self.data = np.lib.format.open_memmap(Path(self._folder) / "frames.npy", mode="w+", dtype=np.uint8,
-                                                  shape=(count, *shape))
+            self._file = open(Path(self._folder) / "records.bin", "w+b", buffering=0)
         else:
-            self.data = np.empty((count, *shape), dtype=np.uint8)
+            self._memory = np.empty((count, *self.shape), dtype=np.uint8)
+
+    def write(self, start: int, records: np.ndarray) -> None:
+        """Store ``records`` (n, *shape) at positions start .. start + n - 1."""
+        records = np.ascontiguousarray(records, dtype=np.uint8)
+        if self._memory is not None:
+            self._memory[start:start + len(records)] = records
+        else:
+            os.pwrite(self._file.fileno(), records.data, start * self.record_bytes)
+
+    def read(self, indices) -> np.ndarray:
+        """The records at ``indices``, in that order, as a new (len(indices), *shape) array."""
+        if self._memory is not None:
+            return self._memory[list(indices)]
+        out = np.empty((len(indices), *self.shape), dtype=np.uint8)
+        for row, index in enumerate(indices):
+            view = memoryview(out[row]).cast("B")
+            if os.preadv(self._file.fileno(), [view], index * self.record_bytes) != self.record_bytes:
+                raise IOError(f"disk cache record {index} is incomplete (disk full?)")
+        return out
 
     def __enter__(self):
         return self
@@ -86,8 +122,11 @@ class FrameStore:
         self.close()
 
     def close(self) -> None:
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._folder is not None:
-            self.data = None  # drop the memmap before deleting its file
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
 

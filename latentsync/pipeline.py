@@ -275,8 +275,8 @@ class LipSyncPipeline:
             _check_cancel(should_cancel)
             aligned = faces.align(batch)
             if frames is not None:
-                frames.data[position:position + len(batch)] = batch
-            crops.data[position:position + len(batch)] = aligned.faces.cpu().numpy()
+                frames.write(position, batch)
+            crops.write(position, aligned.faces.cpu().numpy())
             affines.append(aligned.affine)
             has_faces.append(aligned.has_face)
             anchors.append(aligned.anchors)
@@ -287,8 +287,8 @@ class LipSyncPipeline:
             raise no_face_error(count)
         for start in range(0, total, plan.face_batch):
             indices = [pingpong_index(i, count) for i in range(start, min(total, start + plan.face_batch))]
-            batch = frames.data[indices] if frames is not None else _frames_at(source, indices)
-            crop = torch.from_numpy(crops.data[indices]).to(faces.device)
+            batch = frames.read(indices) if frames is not None else _frames_at(source, indices)
+            crop = torch.from_numpy(crops.read(indices)).to(faces.device)
             yield AlignedFrames(batch, AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices]))
 
     def _denoise(self, denoiser: LipSyncDenoiser, group: AlignedFrames, audio: torch.Tensor, should_cancel):
