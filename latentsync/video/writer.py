@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..frames import frame_rate
 from .errors import MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg
 
@@ -68,7 +69,7 @@ class VideoWriter:
                  encoder: Sequence[str] | None = None, audio_bitrate: str = "192k", ffmpeg: str | None = None):
         if width < 1 or height < 1:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
-        fps = Fraction(fps) if not isinstance(fps, float) else Fraction(fps).limit_denominator(1001)
+        fps = frame_rate(fps)
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if audio is not None and not Path(audio).is_file():
