@@ -222,16 +222,20 @@ class _ModelCache:
                    for p in module.parameters()):
                 module.to(device)
 
-    def offload(self) -> None:
-        """memory_mode aggressive: give the VRAM back after a run (weights go to the CPU, stay cached)."""
-        if self.models is None or str(self.models.device).startswith("cpu"):
-            return
+    def _unload_from_comfyui(self) -> None:
+        """Take our models out of ComfyUI's list of loaded models (ComfyUI moves them to the offload device)."""
         comfy = _comfy()
         if comfy is not None and self.patcher is not None:
             loaded = comfy[0].current_loaded_models
             for index in range(len(loaded) - 1, -1, -1):
                 if loaded[index].model is self.patcher:
                     loaded.pop(index).model_unload()
+
+    def offload(self) -> None:
+        """memory_mode aggressive: give the VRAM back after a run (weights go to the CPU, stay cached)."""
+        if self.models is None or str(self.models.device).startswith("cpu"):
+            return
+        self._unload_from_comfyui()
         for module in self._modules(self.models).values():
             module.to("cpu")
         _empty_cache()
@@ -240,12 +244,7 @@ class _ModelCache:
         """Drop the models entirely (a different model set is wanted)."""
         if self.models is None:
             return
-        comfy = _comfy()
-        if comfy is not None and self.patcher is not None:
-            loaded = comfy[0].current_loaded_models
-            for index in range(len(loaded) - 1, -1, -1):
-                if loaded[index].model is self.patcher:
-                    loaded.pop(index).model_unload()
+        self._unload_from_comfyui()
         self.models = self.patcher = self.key = None
         gc.collect()
         _empty_cache()
