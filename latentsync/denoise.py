@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from .models.deepcache import DeepCacheState
+
 # The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
 VAE_SCALING_FACTOR = 0.18215
 VAE_SHIFT_FACTOR = 0.0
@@ -32,6 +34,10 @@ class DenoiseSettings:
     chunk_size: int = 16  # frames per motion-module window (the checkpoints' num_frames)
     chunks_per_call: int = 1  # how many full chunks go through the UNet together
     vae_batch: int = 16  # frames per VAE encode/decode call
+    # Opt-in DeepCache, OFF by default because it changes the output (not the reference result): with N > 1 the
+    # whole UNet runs on steps 0, N, 2N, ... of each chunk batch, the steps between reuse its deep features.
+    # The published LatentSync's --enable_deepcache is N = 3. 0 or 1 = off (exact).
+    deepcache_interval: int = 0
 
     def __post_init__(self):
         if self.steps < 1:
@@ -40,6 +46,8 @@ class DenoiseSettings:
             raise ValueError(f"guidance scale (lips_expression) must be in [1, 10], got {self.guidance_scale}")
         if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
             raise ValueError("chunk_size, chunks_per_call and vae_batch must be positive")
+        if self.deepcache_interval < 0:
+            raise ValueError(f"deepcache_interval must be 0 (off) or positive, got {self.deepcache_interval}")
 
 
 @dataclass
@@ -159,12 +167,17 @@ class LipSyncDenoiser:
             audio = torch.cat([torch.zeros_like(audio), audio])
         latents = self.initial_noise.expand(n, -1, frames, -1, -1).clone()
 
+        # A fresh DeepCache state per batch: chunks never reuse another batch's features.
+        interval = self.settings.deepcache_interval
+        cache = DeepCacheState(interval) if interval > 1 else None
+
         timesteps = self.scheduler.timesteps
         for index, t in enumerate(timesteps):
             model_input = torch.cat([latents, latents]) if self.guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             model_input = torch.cat([model_input, condition], dim=1)
-            noise = self.unet(model_input, t, encoder_hidden_states=audio)
+            extra = {} if cache is None else {"deep_cache": cache.step(index)}  # off: the exact UNet call
+            noise = self.unet(model_input, t, encoder_hidden_states=audio, **extra)
             noise = getattr(noise, "sample", noise)
             if self.guided:
                 unconditional, conditional = noise.chunk(2)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..attention import AttentionBackend
 from .attention_layers import Attention
+from .deepcache import DeepCacheState
 from .embeddings import TimestepEmbedding, timestep_features
 from .resnet import ClipGroupNorm, FrameGroupNorm
 from .unet_blocks import DOWN_BLOCKS, UP_BLOCKS, BlockSettings, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
@@ -145,9 +146,11 @@ class UNet3DConditionModel(nn.Module):
         return self.time_embedding(features.to(self.dtype))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+                encoder_hidden_states: torch.Tensor | None = None,
+                deep_cache: DeepCacheState | None = None) -> torch.Tensor:
         """``sample``: (B, in_channels, F, H, W); ``timestep``: scalar or (B,); ``encoder_hidden_states``: audio
-        embeddings (B*F, S, cross_attention_dim) or (B, F, S, cross_attention_dim). Returns (B, out, F, H, W)."""
+        embeddings (B*F, S, cross_attention_dim) or (B, F, S, cross_attention_dim). Returns (B, out, F, H, W).
+        ``deep_cache``: opt-in DeepCache (see ``deepcache.py``; changes the output); None runs the exact UNet."""
         b, c, num_frames, h, w = sample.shape
         audio = encoder_hidden_states
         if audio is not None and audio.dim() == 4:
@@ -163,6 +166,16 @@ class UNet3DConditionModel(nn.Module):
         temb_act = F.silu(self._time_embedding(timestep, b, sample.device))  # every resnet applies SiLU first
         x = self.conv_in(sample.transpose(1, 2).reshape(b * num_frames, c, h, w))
 
+        if deep_cache is not None and deep_cache.reuse:
+            # Cached step: only the shallowest branch, conv_in -> last up layer, on the kept deep features.
+            x = self._last_up_layer(deep_cache.cached(x), x, temb_act, audio, num_frames)
+        else:
+            x = self._full(x, temb_act, audio, num_frames, deep_cache)
+
+        x = self.conv_out(F.silu(self.conv_norm_out(x, num_frames), inplace=True))
+        return x.view(b, num_frames, -1, h, w).transpose(1, 2).contiguous()
+
+    def _full(self, x, temb_act, audio, num_frames, deep_cache: DeepCacheState | None) -> torch.Tensor:
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, temb_act, audio, num_frames)
@@ -170,12 +183,25 @@ class UNet3DConditionModel(nn.Module):
 
         x = self.mid_block(x, temb_act, audio, num_frames)
 
-        for block in self.up_blocks:
+        # With DeepCache the last up block runs below, layer by layer.
+        up_blocks = self.up_blocks if deep_cache is None else self.up_blocks[:-1]
+        for block in up_blocks:
             block_skips = skips[-len(block.resnets):]
             del skips[-len(block.resnets):]
             # Upsample to the next skip's size (2x, or odd latent sizes that 2x would overshoot).
             size = tuple(skips[-1].shape[-2:]) if skips and block.upsamplers is not None else None
             x = block(x, block_skips, temb_act, audio, num_frames, upsample_size=size)
+        if deep_cache is None:
+            return x
 
-        x = self.conv_out(F.silu(self.conv_norm_out(x, num_frames), inplace=True))
-        return x.view(b, num_frames, -1, h, w).transpose(1, 2).contiguous()
+        # DeepCache full step: the same ops as UpBlock3D.forward (the last block has no upsampler; the skips
+        # left are its own, consumed last-first), keeping what enters its last layer from the deeper path.
+        last = self.up_blocks[-1]
+        for i in range(len(last.resnets) - 1):
+            x = last.layer(i, torch.cat([x, skips.pop()], dim=1), temb_act, audio, num_frames)
+        deep_cache.features = x
+        return self._last_up_layer(x, skips.pop(), temb_act, audio, num_frames)
+
+    def _last_up_layer(self, deep, shallow, temb_act, audio, num_frames) -> torch.Tensor:
+        last = self.up_blocks[-1]
+        return last.layer(len(last.resnets) - 1, torch.cat([deep, shallow], dim=1), temb_act, audio, num_frames)

@@ -48,7 +48,7 @@ class _Stage(nn.Module):
     attentions: nn.ModuleList
     motion_modules: nn.ModuleList
 
-    def _layer(self, i: int, x: torch.Tensor, temb_act: torch.Tensor, audio: torch.Tensor | None,
+    def layer(self, i: int, x: torch.Tensor, temb_act: torch.Tensor, audio: torch.Tensor | None,
                num_frames: int) -> torch.Tensor:
         x = self.resnets[i](x, temb_act, num_frames)
         if len(self.attentions):
@@ -74,7 +74,7 @@ class DownBlock3D(_Stage):
     def forward(self, x, temb_act, audio, num_frames):
         skips = []
         for i in range(len(self.resnets)):
-            x = self._layer(i, x, temb_act, audio, num_frames)
+            x = self.layer(i, x, temb_act, audio, num_frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -101,7 +101,7 @@ class UpBlock3D(_Stage):
         """``skips``: this stage's skip tensors, consumed last-first."""
         for i in range(len(self.resnets)):
             x = torch.cat([x, skips.pop()], dim=1)
-            x = self._layer(i, x, temb_act, audio, num_frames)
+            x = self.layer(i, x, temb_act, audio, num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
