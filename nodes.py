@@ -37,6 +37,7 @@ OPTIMIZATION_LEVELS = ["conservative", "balanced", "aggressive"]
 MEMORY_MODES = ["aggressive", "balanced", "conservative"]
 OUTPUT_MODES = ["auto", "video_file", "frames"]
 FACE_DETECTORS = ["auto", "insightface", "dlib"]
+DEEPCACHE_INTERVAL = 3  # what the published LatentSync's --enable_deepcache uses
 OUTPUT_SUBFOLDER = "latentsync"
 FILENAME_PREFIX = "LatentSync"
 
@@ -377,7 +378,9 @@ class LatentSyncMemsafe:
                 "lip_focus": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 4.0, "step": 0.1,
                                         "tooltip": "> 1 weights the mouth region in attention (flex attention; "
                                                    "changes outputs; opt-in)."}),
-                "deepcache": ("BOOLEAN", {"default": False, "tooltip": "Not available yet."}),
+                "deepcache": ("BOOLEAN", {"default": False,
+                                          "tooltip": "DeepCache: the full UNet every 3rd step, the others reuse its "
+                                                     "deep features. Faster; changes outputs; opt-in."}),
                 "video_path": ("STRING", {"default": "", "tooltip": "Stream this video file instead of the IMAGE "
                                                                     "frames (absolute, or in ComfyUI's input "
                                                                     "folder)."}),
@@ -387,8 +390,6 @@ class LatentSyncMemsafe:
     def lipsync(self, images, audio, seed, lips_expression, inference_steps, attention_mode, optimization_level,
                 vram_fraction, memory_mode, output_mode, enable_disk_cache, model_version="1.6 (512 px)",
                 fps=25.0, face_detector="auto", lip_focus=1.0, deepcache=False, video_path=""):
-        if deepcache:
-            raise ValueError("deepcache is not available yet in LatentSync MEMSAFE: set deepcache to false")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if model_version not in MODEL_VERSIONS:
@@ -401,6 +402,7 @@ class LatentSyncMemsafe:
         options = PipelineOptions(
             version=MODEL_VERSIONS[model_version], steps=int(inference_steps), guidance_scale=float(lips_expression),
             seed=int(seed), attention=attention_mode, lip_focus=float(lip_focus),
+            deepcache_interval=DEEPCACHE_INTERVAL if deepcache else 0,
             optimization_level=optimization_level, memory_mode=memory_mode, vram_fraction=float(vram_fraction),
             disk_cache=True if enable_disk_cache else None, detector=face_detector, device=device,
             checkpoints_dir=os.environ.get("LATENTSYNC_CHECKPOINTS") or None,

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", default="auto", choices=["auto", "flash", "xformers", "flex", "standard"])
     parser.add_argument("--lip-focus", type=float, default=1.0,
                         help="> 1 weights mouth keys in attention (flex backend; changes outputs, opt-in)")
+    parser.add_argument("--deepcache", type=int, default=0, metavar="N",
+                        help="opt-in DeepCache: full UNet every N steps (3 as published; faster, changes outputs)")
     parser.add_argument("--optimization-level", default="balanced", choices=["conservative", "balanced", "aggressive"])
     parser.add_argument("--memory-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
     parser.add_argument("--vram-fraction", type=float, default=0.0, help="0 = auto, else cap in (0, 0.95]")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{name} file not found: {getattr(args, name)}")
         options = PipelineOptions(
             version=RESOLUTION_TO_VERSION[args.resolution], steps=args.steps, guidance_scale=args.guidance,
-            seed=args.seed, attention=args.attention, lip_focus=args.lip_focus,
+            seed=args.seed, attention=args.attention, lip_focus=args.lip_focus, deepcache_interval=args.deepcache,
             optimization_level=args.optimization_level, memory_mode=args.memory_mode,
             vram_fraction=args.vram_fraction, disk_cache={"auto": None, "on": True, "off": False}[args.disk_cache],
             detector=args.detector, device=args.device, checkpoints_dir=args.checkpoints,

@@ -45,6 +45,7 @@ class PipelineOptions:
     seed: int = 1247
     attention: str = "auto"
     lip_focus: float = 1.0  # > 1 favours mouth keys in spatial attention (flex only; changes outputs)
+    deepcache_interval: int = 0  # > 1: DeepCache, full UNet every N steps (faster; changes outputs, opt-in)
     optimization_level: str = "balanced"
     memory_mode: str = "balanced"
     vram_fraction: float = 0.0
@@ -206,7 +207,7 @@ class LipSyncPipeline:
         models, options = self.models, self.options
         settings = DenoiseSettings(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed,
                                    chunk_size=models.chunk_size, chunks_per_call=plan.chunks_per_call,
-                                   vae_batch=plan.vae_batch)
+                                   vae_batch=plan.vae_batch, deepcache_interval=options.deepcache_interval)
         mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
         denoiser = LipSyncDenoiser(models.unet, models.vae, _scheduler_config(), mask, settings, models.device,
                                    models.dtype)
