@@ -87,7 +87,6 @@ class FrameStore:
     def __init__(self, count: int, shape: tuple[int, ...], on_disk: bool, cache_dir: str | None = None):
         self.shape = tuple(shape)
         self.record_bytes = int(np.prod(self.shape))
-        self.on_disk = on_disk
         self._folder = self._file = None
         self._memory = None
         if on_disk:
