@@ -219,9 +219,9 @@ def create_backend(name: str = "auto", device="cpu", dtype: torch.dtype = torch.
     """An attention backend for ``device``/``dtype``.
 
     name: "auto" | "flex" | "flash" | "xformers" | "standard".
-    auto: among the available backends that agree with standard, the fastest on a LatentSync-shaped spatial
-    problem, preferring flex -> flash -> xformers -> standard unless a later one is >10 % faster; each
-    skipped backend is logged with its reason. With lip_focus/audio_boost != 1: flex, or
+    auto: among the available fused backends that agree with standard, the fastest on a LatentSync-shaped
+    spatial problem, preferring flex -> flash -> xformers unless a later one is >10 % faster; standard only when
+    none of them works. Each skipped backend is logged with its reason. With lip_focus/audio_boost != 1: flex, or
     ``BackendUnavailableError``.
     explicit unavailable name: WARNING + fallback (flex/xformers -> flash -> standard), or
     ``BackendUnavailableError`` with ``strict=True``.
@@ -273,6 +273,10 @@ def create_backend(name: str = "auto", device="cpu", dtype: torch.dtype = torch.
             candidates.append(n)
         else:
             skipped.append((n, reason))
+    if len(candidates) > 1 and "standard" in candidates:
+        # standard is the reference fallback, not a contender: timing it against fused kernels on a small probe
+        # only lets noise pick the slow path (at real sizes SDPA is several times faster even on a CPU)
+        candidates.remove("standard")
     timings = {}
     for n in candidates:
         try:
