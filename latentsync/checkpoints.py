@@ -67,10 +67,6 @@ class CheckpointSet:
     whisper: Path
     vae_dir: Path
 
-    @property
-    def buffalo_dir(self) -> Path:
-        return self.root / BUFFALO_DIR
-
 
 def get_version(version: str) -> ModelVersion:
     try:

@@ -147,17 +147,14 @@ class LipSyncPipeline:
         Writes an mp4 with the audio muxed in to ``output_path`` (atomically) and passes every output frame
         batch to ``frame_sink`` when given.
         """
-        from .audio import frame_windows, load_audio, num_video_frames
+        from .audio import frame_windows, load_audio, require_video_frames
 
         report = progress or (lambda *_: None)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         source = self._source(video, fps)
         samples = load_audio(audio)
-        total = num_video_frames(len(samples), source.fps)
-        if total < 1:
-            raise ValueError(f"the audio ({len(samples) / 16000:.3f} s) is shorter than one video frame "
-                             f"({1 / float(source.fps):.3f} s): give a longer audio track")
+        total = require_video_frames(len(samples), source.fps)
         features = self.models.audio_encoder.features(samples)
         timings["audio"] = time.perf_counter() - started
         revisits = total > source.num_frames

@@ -238,3 +238,11 @@ def test_out_of_memory_mid_run_retries_smaller_and_delivers_each_frame_once(pipe
     assert result.plan.vae_batch < 4  # the retry ran with halved batches
     assert [read_stamp(f) for f in frames] == [pingpong_index(i, 25) for i in range(32)]  # each frame once
     assert stream_info(out)["frames"] == 32
+
+
+def test_audio_shorter_than_a_frame_is_one_clear_error(pipeline, workspace, tmp_path):
+    audio = tmp_path / "blip.wav"
+    soundfile.write(audio, np.zeros(400, dtype=np.int16), 16000, subtype="PCM_16")  # 25 ms < 40 ms
+    with pytest.raises(ValueError, match="shorter than one video frame"):
+        pipeline.run(workspace["clip25"], audio, tmp_path / "never.mp4")
+    assert not (tmp_path / "never.mp4").exists()
