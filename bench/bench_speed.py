@@ -14,7 +14,6 @@ models are built in memory from configs/unet/*.yaml, the sd-vae-ft-mse config an
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -28,16 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 sys.path.insert(0, str(REPO))
 
-from latentsync.attention import create_backend  # noqa: E402
 from latentsync.audio import WhisperEncoder, make_tiny_whisper_checkpoint  # noqa: E402
-from latentsync.checkpoints import get_version  # noqa: E402
-from latentsync.face import create_detector  # noqa: E402
-from latentsync.mask import mouth_region  # noqa: E402
+from latentsync.checkpoints import CheckpointSet, get_version  # noqa: E402
 from latentsync.memory_limiter import detect_hardware, plan_memory  # noqa: E402
 from latentsync.models.loading import load_unet_config  # noqa: E402
 from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions  # noqa: E402
 from latentsync.tools import make_tiny_checkpoints as tiny  # noqa: E402
+from report import write_report  # noqa: E402
 
 SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
                  "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -46,7 +43,7 @@ SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["Down
 WHISPER_TINY = {"n_audio_state": 384, "n_audio_layer": 4, "n_audio_head": 6}
 
 
-def build_models(args, attention: str, folder: Path) -> LipSyncModels:
+def build_models(args, folder: Path) -> LipSyncModels:
     from diffusers import AutoencoderKL
 
     device = torch.device(args.device)
@@ -65,20 +62,19 @@ def build_models(args, attention: str, folder: Path) -> LipSyncModels:
         vae = AutoencoderKL(**vae_config)
     unet = unet.to(dtype).eval().requires_grad_(False)
     vae = vae.to(dtype).eval().requires_grad_(False)
-    mouth = mouth_region()
-    backend = create_backend(attention, device, dtype, mouth_mask=mouth)
-    unet.set_attention_backend(backend)
     whisper_path = folder / "whisper.pt"
     if not whisper_path.exists():
         make_tiny_whisper_checkpoint(whisper_path, seed=0, **whisper_dims)
     encoder = WhisperEncoder.from_checkpoint(whisper_path, device=device, dtype=dtype)
-    detector = create_detector(args.detector, checkpoints_dir=args.checkpoints, device=str(device))
-    return LipSyncModels(None, unet, vae, encoder, detector, device, dtype, resolution, 16, backend.name)
+    # only the folder matters here: the insightface detector finds buffalo_l under it
+    found = CheckpointSet(Path(args.checkpoints), get_version(args.version), None, None, None, None) \
+        if args.checkpoints else None
+    return LipSyncModels(found, unet, vae, encoder, device, dtype, resolution, 16)
 
 
 def run_config(name: str, args, attention: str, optimization_level: str, audio: Path, folder: Path) -> dict:
-    models = build_models(args, attention, folder)
-    options = PipelineOptions(steps=args.steps, detector=args.detector, device=args.device,
+    models = build_models(args, folder)
+    options = PipelineOptions(steps=args.steps, detector=args.detector, attention=attention,
                               optimization_level=optimization_level)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -86,7 +82,7 @@ def run_config(name: str, args, attention: str, optimization_level: str, audio: 
     result = LipSyncPipeline(models, options).run(MEDIA / "demo1_video.mp4", audio, folder / f"{name}.mp4")
     seconds = time.perf_counter() - started
     stages = {k: round(v, 3) for k, v in result.seconds.items()}
-    report = {"attention": models.attention, "optimization_level": optimization_level, "dtype": str(models.dtype),
+    report = {"attention": models.use_attention(attention), "optimization_level": optimization_level, "dtype": str(models.dtype),
               "chunks_per_call": result.plan.chunks_per_call, "vae_batch": result.plan.vae_batch,
               "frames": result.num_frames, "stage_seconds": stages,
               "denoise_frames_per_second": round(result.num_frames / result.seconds["denoise"], 3),
@@ -126,9 +122,7 @@ def main() -> int:
                                        / baseline["denoise_frames_per_second"], 3),
               "speedup_end_to_end": round(default["end_to_end_frames_per_second"]
                                           / baseline["end_to_end_frames_per_second"], 3)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return 0
 
 

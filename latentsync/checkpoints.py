@@ -8,8 +8,9 @@ Layout of a checkpoints folder (the published LatentSync layout plus the VAE and
     vae/config.json, vae/diffusion_pytorch_model.safetensors      stabilityai/sd-vae-ft-mse
     auxiliary/models/buffalo_l/*.onnx                             InsightFace buffalo_l (1.6 face geometry)
 
-Folders searched, first match wins: an explicit folder, $LATENTSYNC_CHECKPOINTS, ComfyUI's
-``models/latentsync`` when running inside ComfyUI, and this package's ``checkpoints/``.
+Folders searched, first match wins: the folders a front names (the CLI's --checkpoints; in ComfyUI the
+``latentsync`` model folders, extra_model_paths.yaml included), $LATENTSYNC_CHECKPOINTS, and this package's
+``checkpoints/``. Nothing is downloaded unless asked for (``python -m latentsync.checkpoints download``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, Union
 
 log = logging.getLogger("latentsync.checkpoints")
 
@@ -75,16 +77,14 @@ def get_version(version: str) -> ModelVersion:
         raise ValueError(f"unknown LatentSync version {version!r}: choose one of {sorted(VERSIONS)}") from None
 
 
-def comfyui_models_dir() -> Path | None:
-    """ComfyUI's models/latentsync folder when running inside ComfyUI (its folder_paths module is loaded)."""
-    folder_paths = sys.modules.get("folder_paths")
-    models_dir = getattr(folder_paths, "models_dir", None)
-    return Path(models_dir) / "latentsync" if models_dir else None
+Folders = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], None]  # one folder or several
 
 
-def search_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
-    candidates = [explicit, os.environ.get("LATENTSYNC_CHECKPOINTS"), comfyui_models_dir(),
-                  PACKAGE_ROOT / "checkpoints"]
+def search_dirs(explicit: Folders = None) -> list[Path]:
+    """The folders searched, in order: ``explicit`` (one folder or several), $LATENTSYNC_CHECKPOINTS, the package's
+    ``checkpoints/``."""
+    named = [explicit] if isinstance(explicit, (str, os.PathLike)) else list(explicit or [])
+    candidates = [*named, os.environ.get("LATENTSYNC_CHECKPOINTS"), PACKAGE_ROOT / "checkpoints"]
     dirs: list[Path] = []
     for candidate in candidates:
         if candidate and Path(candidate) not in dirs:
@@ -110,20 +110,15 @@ def _vae_dir(dirs: list[Path]) -> Path | None:
     return None
 
 
-def locate(version: str = "1.6", checkpoints_dir: str | os.PathLike | None = None, download: bool = True,
+def locate(version: str = "1.6", checkpoints_dir: Folders = None,
            unet_config: str | os.PathLike | None = None) -> CheckpointSet:
-    """Find every file a run needs, downloading what is missing when allowed and online."""
+    """Find every file a run needs (never downloads: a missing file is one sentence with the download command)."""
     spec = get_version(version)
     dirs = search_dirs(checkpoints_dir)
-    target = dirs[0]  # downloads go to the first (most specific) folder
+    target = dirs[0]  # where the download command would put them: the first (most specific) folder
     needed = {"unet": spec.unet_file, "whisper": WHISPER_FILE}
     found = {key: _find(rel, dirs) for key, rel in needed.items()}
     vae_dir = _vae_dir(dirs)
-    if download and (None in found.values() or vae_dir is None):
-        download_missing(version, target, unet=found["unet"] is None, whisper=found["whisper"] is None,
-                         vae=vae_dir is None)
-        found = {key: _find(rel, dirs) for key, rel in needed.items()}
-        vae_dir = _vae_dir(dirs)
     missing = [rel for key, rel in needed.items() if found[key] is None]
     if vae_dir is None:
         missing.append("vae/" + " + vae/".join(VAE_FILES))
@@ -230,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.dir)
     download_missing(args.version, root, buffalo=not args.no_face_models)
     try:
-        found = locate(args.version, root, download=False)
+        found = locate(args.version, root)
     except MissingCheckpointError as error:
         print(error, file=sys.stderr)
         return 1

@@ -9,7 +9,20 @@ from pathlib import Path
 
 from .checkpoints import VERSIONS
 
+from .options import LOAD, RUN
+
 RESOLUTION_TO_VERSION = {str(v.resolution): name for name, v in VERSIONS.items()}
+DISK_CACHE_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def _option(parser, flag: str, name: str, kind=None, **extra) -> None:
+    """A flag whose default, choices and help come from the options schema."""
+    param = RUN[name]
+    help_text = f"{param.help} (default {param.default})"
+    if param.min is not None:
+        help_text += f"; {param.min}-{param.max}"
+    parser.add_argument(flag, dest=name, default=param.default, help=help_text,
+                        type=kind or type(param.default), choices=param.choices, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,21 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output .mp4 (written atomically when complete)")
     parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
                         help="512 = LatentSync 1.6, 256 = LatentSync 1.5 (default 512)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--seed", type=int, default=1247)
-    parser.add_argument("--guidance", type=float, default=1.5, help="lips expression / CFG scale, 1.0-3.0")
-    parser.add_argument("--attention", default="auto", choices=["auto", "flash", "xformers", "flex", "standard"])
-    parser.add_argument("--lip-focus", type=float, default=1.0,
-                        help="> 1 weights mouth keys in attention (flex backend; changes outputs, opt-in)")
-    parser.add_argument("--deepcache", type=int, default=0, metavar="N",
-                        help="opt-in DeepCache: full UNet every N steps (3 as published; faster, changes outputs)")
-    parser.add_argument("--optimization-level", default="balanced", choices=["conservative", "balanced", "aggressive"])
-    parser.add_argument("--memory-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
-    parser.add_argument("--vram-fraction", type=float, default=0.0, help="0 = auto, else cap in (0, 0.95]")
-    parser.add_argument("--disk-cache", choices=["auto", "on", "off"], default="auto")
+    _option(parser, "--steps", "steps")
+    _option(parser, "--seed", "seed")
+    _option(parser, "--guidance", "guidance_scale")
+    _option(parser, "--attention", "attention")
+    _option(parser, "--lip-focus", "lip_focus")
+    _option(parser, "--deepcache", "deepcache_interval", metavar="N")
+    _option(parser, "--optimization-level", "optimization_level")
+    _option(parser, "--memory-mode", "memory_mode")
+    _option(parser, "--vram-fraction", "vram_fraction")
+    parser.add_argument("--disk-cache", choices=list(DISK_CACHE_CHOICES), default="auto", help=RUN["disk_cache"].help)
+    _option(parser, "--detector", "detector")
+    parser.add_argument("--precision", choices=LOAD["precision"].choices, default=LOAD["precision"].default,
+                        help=LOAD["precision"].help)
     parser.add_argument("--checkpoints", default=None, help="checkpoints folder (default: ./checkpoints)")
     parser.add_argument("--unet-config", default=None, help="UNet yaml (default: the one of the version)")
-    parser.add_argument("--detector", default="auto", choices=["auto", "insightface", "dlib"])
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: best available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -74,15 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("video", "audio"):
             if not Path(getattr(args, name)).is_file():
                 raise FileNotFoundError(f"{name} file not found: {getattr(args, name)}")
-        options = PipelineOptions(
-            version=RESOLUTION_TO_VERSION[args.resolution], steps=args.steps, guidance_scale=args.guidance,
-            seed=args.seed, attention=args.attention, lip_focus=args.lip_focus, deepcache_interval=args.deepcache,
-            optimization_level=args.optimization_level, memory_mode=args.memory_mode,
-            vram_fraction=args.vram_fraction, disk_cache={"auto": None, "on": True, "off": False}[args.disk_cache],
-            detector=args.detector, device=args.device, checkpoints_dir=args.checkpoints,
-            unet_config=args.unet_config)
+        options = PipelineOptions(**{name: getattr(args, name) for name in RUN if name != "disk_cache"},
+                                  disk_cache=DISK_CACHE_CHOICES[args.disk_cache])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        models = LipSyncModels.load(options, progress)
+        models = LipSyncModels.load(RESOLUTION_TO_VERSION[args.resolution], args.checkpoints,
+                                    unet_config=args.unet_config, device=args.device, precision=args.precision,
+                                    progress=progress)
         result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()

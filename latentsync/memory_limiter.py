@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field, replace
@@ -10,11 +11,11 @@ from typing import Callable, TypeVar
 import psutil
 import torch
 
+from .options import MEMORY_MODES, OPTIMIZATION_LEVELS, RUN, check_all  # noqa: F401 (re-exported)
+
 log = logging.getLogger("latentsync.memory")
 
 GB = 1024 ** 3
-OPTIMIZATION_LEVELS = ("conservative", "balanced", "aggressive")
-MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save host RAM
 # Share of free RAM the revisitable frames may take before the plan moves them to a disk cache.
 RAM_SHARE_BEFORE_DISK = {"aggressive": 0.0, "balanced": 0.25, "conservative": 0.6}
 
@@ -55,13 +56,13 @@ def detect_hardware(device: str | None = None) -> Hardware:
     return Hardware(wanted if wanted == "mps" else "cpu", wanted, total_ram=ram.total, free_ram=ram.available)
 
 
-def _profile(hardware: Hardware) -> tuple[str, int, int, int]:
-    """(name, chunks per UNet call, VAE batch, face batch) by the VRAM there is."""
+def _profile(hardware: Hardware, budget: int) -> tuple[str, int, int, int]:
+    """(name, chunks per UNet call, VAE batch, face batch) by the VRAM the run may plan for."""
     if hardware.device != "cuda":
         return "cpu", 1, 4, 16
-    if hardware.total_vram > 20 * GB:
+    if budget > 20 * GB:
         return "high (>20 GB)", 2, 16, 32
-    if hardware.total_vram > 8 * GB:
+    if budget > 8 * GB:
         return "medium (>8 GB)", 1, 8, 16
     return "low (<=8 GB)", 1, 2, 8
 
@@ -73,13 +74,10 @@ def plan_memory(hardware: Hardware, *, resolution: int, source_frames: int, fram
 
     ``revisits``: the audio outlasts the video, so source frames and faces are visited again (ping-pong).
     """
-    if optimization_level not in OPTIMIZATION_LEVELS:
-        raise ValueError(f"optimization_level must be one of {OPTIMIZATION_LEVELS}, got {optimization_level!r}")
-    if memory_mode not in MEMORY_MODES:
-        raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
-    if not 0.0 <= vram_fraction <= 0.95:
-        raise ValueError(f"vram_fraction must be 0 (auto) or up to 0.95, got {vram_fraction}")
-    name, chunks, vae_batch, face_batch = _profile(hardware)
+    check_all(RUN, {"optimization_level": optimization_level, "memory_mode": memory_mode,
+                    "vram_fraction": vram_fraction})
+    budget = int(hardware.total_vram * vram_fraction) if vram_fraction else hardware.total_vram
+    name, chunks, vae_batch, face_batch = _profile(hardware, budget)
     reasons = [f"profile {name} on {hardware.name}"]
     scale = 512 / max(resolution, 1)  # smaller faces: larger VAE batches fit
     vae_batch = max(1, int(vae_batch * scale * scale)) if hardware.device == "cuda" else vae_batch
@@ -106,9 +104,22 @@ def plan_memory(hardware: Hardware, *, resolution: int, source_frames: int, fram
                       tuple(reasons))
 
 
-def apply_vram_fraction(plan: MemoryPlan) -> None:
-    if plan.device == "cuda" and plan.vram_fraction > 0:
-        torch.cuda.set_per_process_memory_fraction(plan.vram_fraction)
+@contextlib.contextmanager
+def vram_cap(plan: MemoryPlan, device: torch.device | str, enabled: bool = True):
+    """Cap this process's share of ``device``'s memory at ``plan.vram_fraction`` for the block, then put back the
+    cap that was there before (a run leaves the process as it found it)."""
+    device = torch.device(device)
+    if not enabled or plan.vram_fraction <= 0 or device.type != "cuda":
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.7
+    previous = getter(index) if getter is not None else 1.0
+    torch.cuda.set_per_process_memory_fraction(plan.vram_fraction, index)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(previous, index)
 
 
 def log_memory(stage: str) -> dict:

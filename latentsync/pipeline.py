@@ -15,22 +15,23 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import yaml
 
-from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, download_buffalo, locate
+from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, locate
 from .denoise import Chunk, DenoiseSettings, LipSyncDenoiser
 from .frames import ArraySource, FrameSource, FrameStore, VideoFileSource, pingpong_index
 from .mask import load_mouth_mask
-from .memory_limiter import (MemoryPlan, apply_vram_fraction, detect_hardware, log_memory, plan_memory,
-                             with_oom_backoff)
+from .memory_limiter import MemoryPlan, detect_hardware, log_memory, plan_memory, vram_cap, with_oom_backoff
+from .options import LOAD, RUN, check_all
 
 log = logging.getLogger("latentsync.pipeline")
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Progress = Callable[[str, float, int], None]  # (stage, done, total); done may be fractional (denoising steps)
+PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class Cancelled(Exception):
@@ -39,35 +40,30 @@ class Cancelled(Exception):
 
 @dataclass
 class PipelineOptions:
-    version: str = "1.6"
-    steps: int = 20
-    guidance_scale: float = 1.5  # the node's lips_expression
-    seed: int = 1247
-    attention: str = "auto"
-    lip_focus: float = 1.0  # > 1 favours mouth keys in spatial attention (flex only; changes outputs)
-    deepcache_interval: int = 0  # > 1: DeepCache, full UNet every N steps (faster; changes outputs, opt-in)
-    optimization_level: str = "balanced"
-    memory_mode: str = "balanced"
-    vram_fraction: float = 0.0
-    disk_cache: bool | None = None  # None: the memory plan decides
-    detector: str = "auto"
-    device: str | None = None
-    checkpoints_dir: str | None = None
-    unet_config: str | None = None
+    """Per-run choices (defaults, ranges and help in ``latentsync.options.RUN``); none of them reloads weights."""
+
+    steps: int = RUN["steps"].default
+    guidance_scale: float = RUN["guidance_scale"].default  # the node's lips_expression
+    seed: int = RUN["seed"].default
+    attention: str = RUN["attention"].default
+    lip_focus: float = RUN["lip_focus"].default  # > 1 favours mouth keys (flex only; changes outputs)
+    deepcache_interval: int = RUN["deepcache_interval"].default  # > 1: DeepCache (changes outputs, opt-in)
+    optimization_level: str = RUN["optimization_level"].default
+    memory_mode: str = RUN["memory_mode"].default
+    vram_fraction: float = RUN["vram_fraction"].default
+    disk_cache: bool | None = RUN["disk_cache"].default  # None: the memory plan decides
+    detector: str = RUN["detector"].default
+    # False inside a host that owns VRAM policy (ComfyUI): vram_fraction then only sizes the batches
+    hard_vram_cap: bool = True
     cache_dir: str | None = None  # where disk caches go (a private folder inside it); default: system temp
 
     def __post_init__(self):
-        if not 1 <= self.steps <= 999:
-            raise ValueError(f"inference_steps must be between 1 and 999, got {self.steps}")
-        if not 1.0 <= self.guidance_scale <= 3.0:
-            raise ValueError(f"lips_expression (guidance scale) must be between 1.0 and 3.0, got {self.guidance_scale}")
-        if not 1.0 <= self.lip_focus <= 4.0:
-            raise ValueError(f"lip_focus must be between 1.0 and 4.0, got {self.lip_focus}")
+        check_all(RUN, vars(self))
 
 
 @dataclass
 class RunResult:
-    output_path: Path
+    output_path: Path | None  # None when no file was asked for
     num_frames: int
     fps: Fraction
     frames_without_face: int
@@ -77,53 +73,80 @@ class RunResult:
 
 @dataclass
 class LipSyncModels:
-    """Everything loaded once and reused across runs (the node caches this)."""
+    """The weights, loaded once and reused across runs; per-run choices (attention kernel, face detector) are
+    applied to them without reloading anything."""
 
-    checkpoints: CheckpointSet
+    checkpoints: CheckpointSet | None
     unet: torch.nn.Module
     vae: torch.nn.Module
     audio_encoder: object
-    detector: object
     device: torch.device
     dtype: torch.dtype
     resolution: int
     chunk_size: int
-    attention: str
+    _detectors: dict = field(default_factory=dict, repr=False)
+    _attention: tuple | None = field(default=None, repr=False)  # (mode, lip_focus, backend name) in use
 
     @classmethod
-    def load(cls, options: PipelineOptions, progress: Progress | None = None) -> "LipSyncModels":
-        from .attention import create_backend
+    def load(cls, version: str = LOAD["version"].default, checkpoint_dirs=None, *, unet_config=None,
+             device: str | torch.device | None = None, precision: str = LOAD["precision"].default,
+             weights_device: str | torch.device | None = None, progress: Progress | None = None) -> "LipSyncModels":
+        """Find the checkpoints (no download: a missing file is one sentence with the download command) and load
+        the UNet, VAE and Whisper encoder for ``device`` (default: the best one here) in ``precision``.
+
+        ``weights_device``: where the weights are put now (default ``device``); a host that moves them to the
+        compute device itself when a run starts (ComfyUI's model management) loads them on its offload device."""
         from .audio import WhisperEncoder
-        from .face import create_detector
         from .models.loading import load_unet, load_unet_config
         from .vae import load_vae
 
-        found = locate(options.version, options.checkpoints_dir, unet_config=options.unet_config)
-        if options.detector in ("auto", "insightface"):
-            download_buffalo(found.root)  # the reference geometry's detector; no-op when present or offline
+        check_all(LOAD, {"version": version, "precision": precision})
+        found = locate(version, checkpoint_dirs, unet_config=unet_config)
         config = yaml.safe_load(Path(found.unet_config).read_text())
         resolution, chunk_size = int(config["data"]["resolution"]), int(config["data"]["num_frames"])
-        hardware = detect_hardware(options.device)
-        dtype = plan_memory(hardware, resolution=resolution, source_frames=0, frame_shape=(0, 0),
-                            revisits=False).dtype
-        device = torch.device(options.device or hardware.device)
-        steps = ["unet", "vae", "whisper", "face detector"]
+        hardware = detect_hardware(None if device is None else str(device))
+        dtype = PRECISION_DTYPES.get(precision) or plan_memory(
+            hardware, resolution=resolution, source_frames=0, frame_shape=(0, 0), revisits=False).dtype
+        device = torch.device(device or hardware.device)
+        place = torch.device(weights_device or device)
         report = progress or (lambda *_: None)
-        report("load models", 0, len(steps))
-        unet = load_unet(found.unet, load_unet_config(found.unet_config), device=device, dtype=dtype)
-        mouth = torch.from_numpy(load_mouth_mask(resolution)[0].copy()) < 0.5
-        backend = create_backend(options.attention, device, dtype, lip_focus=options.lip_focus, mouth_mask=mouth)
-        unet.set_attention_backend(backend)
-        report("load models", 1, len(steps))
-        vae = load_vae(found.vae_dir, device, dtype)
-        report("load models", 2, len(steps))
-        encoder = WhisperEncoder.from_checkpoint(found.whisper, device=device, dtype=dtype)
-        report("load models", 3, len(steps))
-        detector = create_detector(options.detector, checkpoints_dir=found.root, device=str(device))
-        report("load models", 4, len(steps))
-        log.info("models loaded: LatentSync %s at %d px on %s (%s), attention %s", options.version, resolution,
-                 device, dtype, backend.name)
-        return cls(found, unet, vae, encoder, detector, device, dtype, resolution, chunk_size, backend.name)
+        report("load models", 0, 3)
+        unet = load_unet(found.unet, load_unet_config(found.unet_config), device=place, dtype=dtype)
+        report("load models", 1, 3)
+        vae = load_vae(found.vae_dir, place, dtype)
+        report("load models", 2, 3)
+        encoder = WhisperEncoder.from_checkpoint(found.whisper, device=place, dtype=dtype)
+        encoder.device = device  # it computes where the run happens, whichever device holds its weights now
+        report("load models", 3, 3)
+        log.info("models loaded: LatentSync %s at %d px on %s (%s)", version, resolution, device, dtype)
+        return cls(found, unet, vae, encoder, device, dtype, resolution, chunk_size)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The modules that hold the weights (for a host's memory management)."""
+        encoder = getattr(self.audio_encoder, "model", self.audio_encoder)
+        found = {"unet": self.unet, "vae": self.vae, "audio_encoder": encoder}
+        return {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
+
+    def use_attention(self, mode: str, lip_focus: float = 1.0) -> str:
+        """Give the UNet the attention backend for ``mode`` (kept when it is already the one in use); its name."""
+        from .attention import create_backend
+
+        if self._attention is None or self._attention[:2] != (mode, lip_focus):
+            mouth = torch.from_numpy(load_mouth_mask(self.resolution)[0].copy()) < 0.5
+            backend = create_backend(mode, self.device, self.dtype, lip_focus=lip_focus, mouth_mask=mouth)
+            self.unet.set_attention_backend(backend)
+            self._attention = (mode, lip_focus, backend.name)
+            log.info("attention: %s (asked for %s)", backend.name, mode)
+        return self._attention[2]
+
+    def face_detector(self, name: str):
+        """The face detector ``name`` (created once per model set; never downloads anything)."""
+        from .face import create_detector
+
+        if name not in self._detectors:
+            root = self.checkpoints.root if self.checkpoints is not None else None
+            self._detectors[name] = create_detector(name, checkpoints_dir=root, device=str(self.device))
+        return self._detectors[name]
 
 
 @dataclass
@@ -139,16 +162,18 @@ class LipSyncPipeline:
         self.models = models
         self.options = options
 
-    def run(self, video, audio, output_path: str | Path, *, fps: float | None = None,
+    def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
             progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
             frame_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
         """Lip-sync ``video`` (a path or (N, H, W, 3) frames at ``fps``) to ``audio`` (a path or (waveform, rate)).
 
-        Writes an mp4 with the audio muxed in to ``output_path`` (atomically) and passes every output frame
-        batch to ``frame_sink`` when given.
+        Writes an mp4 with the audio muxed in to ``output_path`` (atomically) when one is given, and passes every
+        output frame batch (uint8 (n, H, W, 3)) to ``frame_sink`` when given; at least one of the two.
         """
         from .audio import frame_windows, load_audio, require_video_frames
 
+        if output_path is None and frame_sink is None:
+            raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
         report = progress or (lambda *_: None)
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -165,7 +190,7 @@ class LipSyncPipeline:
                            vram_fraction=self.options.vram_fraction, disk_cache=self.options.disk_cache)
         for reason in plan.reasons:
             log.info("memory plan: %s", reason)
-        apply_vram_fraction(plan)
+        self.models.use_attention(self.options.attention, self.options.lip_focus)
         log_memory("start")
 
         delivered = 0  # frames already handed to frame_sink: a retry after OOM must not hand them again
@@ -180,7 +205,8 @@ class LipSyncPipeline:
             return self._generate(source, samples, audio, features, total, revisits, current_plan, output_path,
                                   report, should_cancel, sink_once, timings, frame_windows)
 
-        result, _ = with_oom_backoff(plan, attempt)
+        with vram_cap(plan, self.models.device, enabled=self.options.hard_vram_cap):
+            result, _ = with_oom_backoff(plan, attempt)
         timings["total"] = time.perf_counter() - started
         log_memory("end")
         return result
@@ -209,17 +235,20 @@ class LipSyncPipeline:
         denoiser = LipSyncDenoiser(models.unet, models.vae, _scheduler_config(), mask, settings, models.device,
                                    models.dtype)
         denoiser.start()
-        faces = FaceStage(models.detector, models.resolution, device=models.device)
+        faces = FaceStage(models.face_detector(options.detector), models.resolution, device=models.device)
         group_frames = models.chunk_size * plan.chunks_per_call
         fps = source.fps
         done = with_face = 0
         with contextlib.ExitStack() as stack:
-            audio_path = audio if isinstance(audio, (str, Path)) else None
-            if audio_path is None:  # in-memory audio is muxed from a private temp wav
-                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
-                audio_path = Path(folder) / "audio.wav"
-                write_wav(audio_path, samples, 16000)
-            writer = stack.enter_context(VideoWriter(output_path, source.width, source.height, fps, audio=audio_path))
+            writer = None
+            if output_path is not None:
+                audio_path = audio if isinstance(audio, (str, Path)) else None
+                if audio_path is None:  # in-memory audio is muxed from a private temp wav, at its own rate
+                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
+                    audio_path = Path(folder) / "audio.wav"
+                    write_wav(audio_path, *_waveform_and_rate(audio, samples))
+                writer = stack.enter_context(VideoWriter(output_path, source.width, source.height, fps,
+                                                         audio=audio_path))
             if revisits:
                 batches = self._revisited(source, total, faces, plan, stack, report, should_cancel)
             else:
@@ -230,12 +259,18 @@ class LipSyncPipeline:
                 _check_cancel(should_cancel)
                 with_face += int(group.aligned.has_face.sum())
                 window = frame_windows(features, float(fps), start=done, stop=done + len(group.frames))
+
+                def on_step(step: int, steps: int, first=done, size=len(group.frames)) -> None:
+                    _check_cancel(should_cancel)
+                    report("lip-sync", first + size * step / steps, total)
+
                 with stages("denoise"):
-                    synced = self._denoise(denoiser, group, window, should_cancel)
+                    synced = self._denoise(denoiser, group, window, on_step)
                 with stages("restore"):
                     frames = group.frames if synced is None else faces.restore(group.frames, synced, group.aligned)
-                with stages("encode"):
-                    writer.write(frames)
+                if writer is not None:
+                    with stages("encode"):
+                        writer.write(frames)
                 frame_sink(done, frames)
                 done += len(frames)
                 report("lip-sync", done, total)
@@ -244,7 +279,8 @@ class LipSyncPipeline:
         if with_face < total:
             log.warning("%d of %d frames had no usable face and were passed through unchanged",
                         total - with_face, total)
-        return RunResult(Path(output_path), total, fps, total - with_face, plan, timings)
+        return RunResult(None if output_path is None else Path(output_path), total, fps, total - with_face, plan,
+                         timings)
 
     def _streamed(self, source: FrameSource, total: int, faces, plan: MemoryPlan) -> Iterator[AlignedFrames]:
         """Frames 0..total-1 in order, aligned as they are decoded (the audio is not longer than the video)."""
@@ -289,8 +325,9 @@ class LipSyncPipeline:
             crop = torch.from_numpy(crops.read(indices)).to(faces.device)
             yield AlignedFrames(batch, AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices]))
 
-    def _denoise(self, denoiser: LipSyncDenoiser, group: AlignedFrames, audio: torch.Tensor, should_cancel):
-        """Synced faces for a group of frames, or None when no frame of the group has a face."""
+    def _denoise(self, denoiser: LipSyncDenoiser, group: AlignedFrames, audio: torch.Tensor, on_step):
+        """Synced faces for a group of frames, or None when no frame of the group has a face. ``on_step(done,
+        steps)`` runs after every denoising step (progress, and cancellation within one step)."""
         has_face = group.aligned.has_face
         if not bool(has_face.any()):
             denoiser.skip(len(group.frames))
@@ -298,8 +335,7 @@ class LipSyncPipeline:
         face_pixels = _fill_missing_faces(group.aligned.faces, has_face)
         size = denoiser.settings.chunk_size
         chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, len(group.frames), size)]
-        # cancellation is checked at every denoising step: a long chunk never makes the user wait
-        return torch.cat(denoiser.run(chunks, on_step=lambda done, steps: _check_cancel(should_cancel)))
+        return torch.cat(denoiser.run(chunks, on_step=on_step))
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -330,6 +366,16 @@ class _StageClock:
     def next(self, stage: str, iterator):
         with self(stage):
             return next(iterator, None)
+
+
+def _waveform_and_rate(audio, samples: np.ndarray) -> tuple:
+    """The caller's own waveform and rate (a ComfyUI AUDIO dict or a (waveform, rate) pair), so the muxed track
+    keeps its quality; the 16 kHz mono analysis copy otherwise."""
+    if isinstance(audio, Mapping):
+        return audio["waveform"], int(audio["sample_rate"])
+    if isinstance(audio, tuple):
+        return audio[0], int(audio[1])
+    return samples, 16000
 
 
 def _check_cancel(should_cancel) -> None:

@@ -268,6 +268,9 @@ def test_unet_lip_focus_changes_output(tiny_unet):
 @pytest.mark.skipif(not __import__("os").environ.get("LATENTSYNC_TEST_COMPILE"),
                     reason="compiling flex on the CPU takes ~20-60 s; set LATENTSYNC_TEST_COMPILE=1")
 def test_flex_compiled_on_cpu():
+    import torch._dynamo.config as dynamo_config
+
+    settings = {name: getattr(dynamo_config, name) for name in ("recompile_limit", "accumulated_recompile_limit")}
     mask = torch.zeros(16, 16, dtype=torch.bool)
     mask[8:, 4:12] = True
     flex = FlexAttention(lip_focus=2.0, audio_boost=1.5, mouth_mask=mask, compile=True)
@@ -276,3 +279,16 @@ def test_flex_compiled_on_cpu():
         q, k, v = _qkv(qs, ks, seed=21)
         assert relative_error(flex(q, k, v, role=role, hw=hw), eager(q, k, v, role=role, hw=hw)) < 1e-5
     assert flex._compiled_keys and not flex._failed
+    # the recompile limits were raised around the compiled calls only: the process keeps its own settings
+    assert {name: getattr(dynamo_config, name) for name in settings} == settings
+
+
+def test_recompile_room_raises_the_limits_inside_only():
+    import torch._dynamo.config as dynamo_config
+
+    from latentsync.attention.backends import recompile_room
+
+    before = dynamo_config.recompile_limit
+    with recompile_room():
+        assert dynamo_config.recompile_limit >= 256
+    assert dynamo_config.recompile_limit == before

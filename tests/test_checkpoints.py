@@ -1,8 +1,6 @@
 """Finding, downloading and reporting the weights (real tiny files, no network)."""
 
 import shutil
-import sys
-import types
 
 import pytest
 
@@ -56,12 +54,27 @@ def test_version_15_lives_in_its_own_folder(tmp_path, tiny_set):
     assert found.version.resolution == 256
 
 
-def test_search_order_env_then_comfyui_then_package(tmp_path, monkeypatch):
+def test_search_order_named_folders_then_env_then_package(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTSYNC_CHECKPOINTS", str(tmp_path / "env"))
-    monkeypatch.setitem(sys.modules, "folder_paths", types.SimpleNamespace(models_dir=str(tmp_path / "models")))
-    dirs = search_dirs(tmp_path / "explicit")
-    assert dirs[:3] == [tmp_path / "explicit", tmp_path / "env", tmp_path / "models" / "latentsync"]
-    assert dirs[3] == checkpoints.PACKAGE_ROOT / "checkpoints"
+    assert search_dirs(tmp_path / "explicit") == [tmp_path / "explicit", tmp_path / "env",
+                                                  checkpoints.PACKAGE_ROOT / "checkpoints"]
+    # several folders (ComfyUI's latentsync model folders, extra_model_paths.yaml included), in their order
+    several = search_dirs([tmp_path / "a", str(tmp_path / "b")])
+    assert several[:3] == [tmp_path / "a", tmp_path / "b", tmp_path / "env"]
+
+
+def test_a_set_is_found_in_a_later_folder_and_nothing_is_downloaded(tmp_path, tiny_set, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("locate must never download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    shutil.copytree(tiny_set[0], tmp_path / "second")
+    found = locate("1.6", [tmp_path / "first", tmp_path / "second"])
+    assert found.root == tmp_path / "second"
+    assert not (tmp_path / "first").exists()  # nothing was created where the files are missing
 
 
 def test_download_fetches_the_official_files_into_the_layout(tmp_path, tiny_set, monkeypatch):
@@ -83,6 +96,7 @@ def test_download_fetches_the_official_files_into_the_layout(tmp_path, tiny_set,
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
+    checkpoints.download_missing("1.6", tmp_path / "ckpt")
     found = locate("1.6", tmp_path / "ckpt")
     assert sorted(requested) == sorted([
         ("ByteDance/LatentSync-1.6", "latentsync_unet.pt"), ("ByteDance/LatentSync-1.6", "whisper/tiny.pt"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory,
+from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory, vram_cap,
                                        with_oom_backoff)
 
 H100 = Hardware("cuda", "H100", 80 * GB, 79 * GB, (9, 0), 128 * GB, 100 * GB)
@@ -105,3 +105,31 @@ def test_command_prints_this_machines_plan():
                            "aggressive", "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "profile          cpu" in done.stdout and "disk_cache       True" in done.stdout
+
+
+def test_vram_cap_is_set_on_the_run_device_and_put_back(monkeypatch):
+    """A run caps its own GPU (cuda:1 here, not cuda:0) and leaves the process's cap as it found it, also when the
+    run fails. torch's two cap calls are recorded: no GPU on the test machine."""
+    caps = {1: 0.5}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: caps[device])
+
+    def set_cap(fraction, device):
+        calls.append((fraction, device))
+        caps[device] = fraction
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_cap)
+    capped = plan(H100, optimization_level="conservative")
+    with pytest.raises(RuntimeError, match="boom"):
+        with vram_cap(capped, "cuda:1"):
+            assert caps[1] == capped.vram_fraction
+            raise RuntimeError("boom")
+    assert calls == [(capped.vram_fraction, 1), (0.5, 1)] and caps == {1: 0.5}
+    with vram_cap(capped, "cuda:1", enabled=False):  # a host that owns VRAM policy (ComfyUI): no cap at all
+        pass
+    assert len(calls) == 2
+
+
+def test_vram_fraction_sizes_the_plan():
+    whole, tenth = plan(H100), plan(H100, vram_fraction=0.1)  # 8 GB of the H100's 80
+    assert tenth.chunks_per_call < whole.chunks_per_call and tenth.vae_batch < whole.vae_batch

@@ -90,10 +90,9 @@ def workspace(tmp_path_factory, media_dir):
 @pytest.fixture(scope="module")
 def pipeline(workspace, monkeypatch_module):
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
-    options = PipelineOptions(steps=2, seed=1247, detector="dlib", device="cpu",
-                              checkpoints_dir=str(workspace["checkpoints"]), unet_config=str(workspace["config"]),
-                              memory_mode="aggressive")
-    return LipSyncPipeline(LipSyncModels.load(options), options)
+    options = PipelineOptions(steps=2, seed=1247, detector="dlib", memory_mode="aggressive")
+    models = LipSyncModels.load("1.6", workspace["checkpoints"], unet_config=workspace["config"], device="cpu")
+    return LipSyncPipeline(models, options)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +245,25 @@ def test_audio_shorter_than_a_frame_is_one_clear_error(pipeline, workspace, tmp_
     with pytest.raises(ValueError, match="shorter than one video frame"):
         pipeline.run(workspace["clip25"], audio, tmp_path / "never.mp4")
     assert not (tmp_path / "never.mp4").exists()
+
+
+def test_frames_only_run_writes_no_file_and_keeps_the_callers_audio_rate(pipeline, workspace, media_dir, tmp_path):
+    """No output path: frames reach the sink and nothing is written. With a path and in-memory audio, the muxed
+    track keeps the caller's rate and channels (not the 16 kHz mono copy the model listens to)."""
+    import torch
+
+    source = decode(workspace["clip25"])[:16]
+    speech, rate = soundfile.read(media_dir / "demo1_audio.wav", dtype="float32")
+    stereo = np.stack([speech, speech])[:, : int(0.64 * rate)]
+    audio = {"waveform": torch.from_numpy(np.repeat(stereo, 3, axis=1))[None], "sample_rate": 3 * rate}  # 48 kHz
+    seen = []
+    result = pipeline.run(source, audio, fps=25, frame_sink=seen.append)
+    assert result.output_path is None and sum(len(f) for f in seen) == result.num_frames == 16
+    assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "with_audio.mp4"
+    pipeline.run(source, audio, out, fps=25)
+    with av.open(str(out)) as container:
+        track = container.streams.audio[0]
+        assert (track.sample_rate, track.channels) == (48000, 2)
+    with pytest.raises(ValueError, match="nothing would receive the frames"):
+        pipeline.run(source, audio, fps=25)

@@ -20,10 +20,10 @@ All of them compute exactly softmax(q k^T / sqrt(d)) v at ``lip_focus = audio_bo
   ``rearrange(x, "b c h w -> b (h w) c")``). The per-``(h, w)`` key bias is cached.
 
 Compilation: on CUDA (with triton) flex is run through ``torch.compile(flex_attention, dynamic=False)``, so
-it is compiled once per (shapes, dtype, device); dynamo's recompile limit is raised to 256 for that. On the
-CPU compiled flex does work on torch 2.13 (checked: equal to eager to 1e-6, lip focus included), but it is
-not worth it: 12-19 s of compile per shape on a 2-core machine, then 1.5 s per call for one 64x64-token
-frame (8 heads, head_dim 40) vs 0.41 s for SDPA and 2.9 s for eager flex. So ``compile="auto"`` runs flex
+it is compiled once per (shapes, dtype, device); dynamo's recompile limit is raised to 256 around those calls
+only (``recompile_room``), never for the process. On the CPU compiled flex does work on torch 2.13 (checked:
+equal to eager to 1e-6, lip focus included), but it is not worth it: 12-19 s of compile per shape on a 2-core
+machine, then 1.5 s per call for one 64x64-token frame (8 heads, head_dim 40) vs 0.41 s for SDPA and 2.9 s for eager flex. So ``compile="auto"`` runs flex
 eager on the CPU (unfused, materialises the scores; fine for tests); ``compile=True`` forces compilation.
 Uncompiled on an accelerator, and for any shape whose compilation fails (warning once, with the error), the
 call goes to ``F.scaled_dot_product_attention`` with the lip bias as an additive mask and the same
@@ -145,17 +145,20 @@ def _compiled_flex():
     with _COMPILE_LOCK:
         if _COMPILED_FLEX is None:
             from torch.nn.attention.flex_attention import flex_attention
-            import torch._dynamo.config as dcfg
 
-            # A UNet has ~a dozen distinct attention shapes (levels x roles, batch with/without CFG):
-            # make sure dynamo does not give up recompiling after the default 8.
-            for attr in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dcfg, attr) and getattr(dcfg, attr) < 256:
-                    setattr(dcfg, attr, 256)
-            if hasattr(dcfg, "accumulated_recompile_limit") and dcfg.accumulated_recompile_limit < 4096:
-                dcfg.accumulated_recompile_limit = 4096
             _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
         return _COMPILED_FLEX
+
+
+def recompile_room():
+    """Dynamo's recompile limits raised for the calls inside the block only (settings are process-wide: a run
+    must leave them as it found them). A UNet has ~a dozen attention shapes (levels x roles, batch with and
+    without CFG), more than dynamo's default of 8 recompiles."""
+    import torch._dynamo.config as dcfg
+
+    wanted = {"recompile_limit": 256, "cache_size_limit": 256, "accumulated_recompile_limit": 4096}
+    return dcfg.patch(**{name: max(value, getattr(dcfg, name)) for name, value in wanted.items()
+                         if hasattr(dcfg, name)})
 
 
 class FlexAttention(AttentionBackend):
@@ -252,7 +255,8 @@ class FlexAttention(AttentionBackend):
             ckey = (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, str(q.device), score_mod is not None)
             if ckey not in self._failed:
                 try:
-                    out = _compiled_flex()(q, k, v, score_mod=score_mod, scale=scale)
+                    with recompile_room():
+                        out = _compiled_flex()(q, k, v, score_mod=score_mod, scale=scale)
                     if ckey not in self._compiled_keys:
                         self._compiled_keys.add(ckey)
                         logger.debug("flex: compiled for q%s k%s %s %s", tuple(q.shape), tuple(k.shape),
