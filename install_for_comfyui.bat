@@ -71,5 +71,5 @@ if exist "%HERE%\verify_installation.py" (
     "%PY%" verify_installation.py --checkpoints "%CHECKPOINTS%"
     popd
 )
-echo Done. Restart ComfyUI and add the node "LatentSync 1.6 (MEMSAFE)".
+echo Done. Restart ComfyUI; the nodes are under LatentSync (template: LatentSync lip sync).
 endlocal

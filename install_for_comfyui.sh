@@ -88,4 +88,4 @@ fi
 if [ -f "$HERE/verify_installation.py" ]; then
     (cd "$HERE" && "$PY" verify_installation.py --checkpoints "$CHECKPOINTS") || true
 fi
-echo "Done. Restart ComfyUI and add the node '🎬 LatentSync 1.6 (MEMSAFE)'."
+echo "Done. Restart ComfyUI; the nodes are under LatentSync (template: LatentSync lip sync)."

@@ -1,14 +1,14 @@
-"""The ComfyUI node, loaded the way ComfyUI loads a custom node pack (a package whose name has a dash).
+"""The ComfyUI nodes, loaded the way ComfyUI loads a custom node pack (a package whose name has a dash).
 
-The end-to-end tests run the node on the CPU with the tiny real-format checkpoints
-(``latentsync.tools.make_tiny_checkpoints``, written once per session) and the offline dlib face detector.
-The node is pointed at them through environment variables it documents: ``LATENTSYNC_CHECKPOINTS`` (the
-checkpoints folder), ``LATENTSYNC_UNET_CONFIG`` (the tiny UNet yaml) and ``LATENTSYNC_OUTPUT_DIR`` (where it
-writes when ComfyUI is not running).
+The nodes run on the CPU with the tiny real-format checkpoints (``latentsync.tools.make_tiny_checkpoints``) and the
+offline dlib detector, inside a ComfyUI environment: the stand-in of ``tests/comfyui_standin`` (ComfyUI is not on
+the package index, so CI has no ComfyUI), or the real modules of a ComfyUI checkout when ``COMFYUI_DIR`` is set.
+``tests/test_comfyui_integration.py`` runs them in a real ComfyUI server.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import json
@@ -16,16 +16,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+STANDIN = Path(__file__).resolve().parent / "comfyui_standin"
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 PACKAGE_NAME = "latentsync-memsafe"  # a dash: not importable by a plain import statement, as in custom_nodes/
 CLIP_SECONDS = 0.64  # 16 frames at 25 fps: one UNet chunk
 CLIP_SCALE = 2  # the 1080x1920 demo decoded at half size (540x960): small, and dlib still finds the face
-STEPS = 1
+STEPS = 2
+COMFY_MODULES = ("folder_paths", "server", "comfy", "comfy_api", "comfy_execution")
 
 
 def load_as_comfyui(name: str = PACKAGE_NAME, root: Path = REPO):
@@ -40,66 +44,113 @@ def load_as_comfyui(name: str = PACKAGE_NAME, root: Path = REPO):
     return module
 
 
+def library(name: str):
+    """A library module as the nodes see it: inside the dashed package, never a top-level ``latentsync``."""
+    load_as_comfyui()
+    return importlib.import_module(f"{PACKAGE_NAME}.latentsync.{name}")
+
+
+def _drop_comfy_modules() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in COMFY_MODULES:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def comfyui(tmp_path, monkeypatch):
+    """ComfyUI's modules (the stand-in, or a real checkout's) in sys.modules, with private folders under tmp_path;
+    removed again afterwards so the other tests run outside ComfyUI."""
+    _drop_comfy_modules()
+    base = tmp_path / "comfy-base"
+    if COMFYUI_DIR:
+        monkeypatch.syspath_prepend(COMFYUI_DIR)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # before model_management decides on a device
+        import folder_paths
+
+        for folder in ("models", "output", "temp", "input"):
+            (base / folder).mkdir(parents=True)
+        folder_paths.models_dir = str(base / "models")
+        folder_paths.set_output_directory(str(base / "output"))
+        folder_paths.set_temp_directory(str(base / "temp"))
+        folder_paths.set_input_directory(str(base / "input"))
+    else:
+        monkeypatch.syspath_prepend(str(STANDIN))
+        import folder_paths
+
+        folder_paths.configure(str(base))
+    import comfy.model_management
+    import comfy.model_patcher  # noqa: F401
+    import comfy.utils
+
+    # The HTTP server is the stand-in's in both cases: a real one is what test_comfyui_integration.py runs
+    spec = importlib.util.spec_from_file_location("server", STANDIN / "server.py")
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    sys.modules["server"] = server
+    prompt_server = server.PromptServer()
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        updates.append((value, total, node_id)))
+    try:
+        yield {"base": base, "folder_paths": folder_paths, "mm": comfy.model_management, "updates": updates,
+               "server": prompt_server}
+    finally:
+        comfy.model_management.unload_all_models()
+        _drop_comfy_modules()
+
+
 @pytest.fixture(scope="session")
 def package():
     return load_as_comfyui()
 
 
 @pytest.fixture(scope="session")
-def node_module(package):
+def nodes(package):
     return sys.modules[f"{PACKAGE_NAME}.nodes"]
 
 
-def library(name: str):
-    """A library module as the node sees it: inside the dashed package, never a top-level ``latentsync``."""
-    load_as_comfyui()
-    return importlib.import_module(f"{PACKAGE_NAME}.latentsync.{name}")
+# -- the nodes' surface (no models needed) --------------------------------------------------------------------------
 
 
-# -- the node's surface (no models needed) ------------------------------------------------------------------------
+def test_mappings_and_display_names(package):
+    assert set(package.NODE_CLASS_MAPPINGS) == {"LatentSyncModelLoader", "LatentSyncLipSync"}
+    assert package.NODE_DISPLAY_NAME_MAPPINGS == {"LatentSyncModelLoader": "LatentSync Model Loader",
+                                                  "LatentSyncLipSync": "LatentSync Lip Sync"}
+    loader, lipsync = (package.NODE_CLASS_MAPPINGS[n] for n in ("LatentSyncModelLoader", "LatentSyncLipSync"))
+    assert loader.RETURN_TYPES == ("LATENTSYNC_MODEL",)
+    assert lipsync.RETURN_TYPES == ("VIDEO", "AUDIO", "IMAGE") and lipsync.RETURN_NAMES == ("video", "audio", "frames")
+    for cls in (loader, lipsync):
+        assert callable(getattr(cls(), cls.FUNCTION))
+        assert {"lip sync", "lipsync", "talking head"} <= set(cls.SEARCH_ALIASES)
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) and cls.DESCRIPTION
 
 
-def test_mappings_and_display_name(package):
-    assert set(package.NODE_CLASS_MAPPINGS) == {"LatentSyncMemsafe"}
-    assert package.NODE_DISPLAY_NAME_MAPPINGS["LatentSyncMemsafe"] == "🎬 LatentSync 1.6 (MEMSAFE)"
-    cls = package.NODE_CLASS_MAPPINGS["LatentSyncMemsafe"]
-    assert cls.FUNCTION == "lipsync" and callable(getattr(cls(), cls.FUNCTION))
-    assert cls.RETURN_TYPES == ("IMAGE", "AUDIO", "STRING")
-    assert cls.OUTPUT_NODE is True
-
-
-def test_input_types(package):
-    inputs = package.NODE_CLASS_MAPPINGS["LatentSyncMemsafe"].INPUT_TYPES()
+def test_every_input_has_a_tooltip_and_the_schema_defaults(package):
+    schema = library("options").RUN
+    for cls in package.NODE_CLASS_MAPPINGS.values():
+        inputs = cls.INPUT_TYPES()
+        json.dumps(inputs)  # ComfyUI serves this as JSON (/object_info)
+        for section in ("required", "optional"):
+            for name, (kind, spec) in inputs.get(section, {}).items():
+                assert spec.get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
+    inputs = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"].INPUT_TYPES()
     required, optional = inputs["required"], inputs["optional"]
-    assert list(required) == ["images", "audio", "seed", "lips_expression", "inference_steps", "attention_mode",
-                              "optimization_level", "vram_fraction", "memory_mode", "output_mode",
-                              "enable_disk_cache"]
-    assert required["images"][0] == "IMAGE" and required["audio"][0] == "AUDIO"
-    assert required["seed"][0] == "INT" and required["seed"][1]["default"] == 1247
-    assert required["lips_expression"] == ("FLOAT", {**required["lips_expression"][1], "default": 1.5, "min": 1.0,
-                                                      "max": 3.0, "step": 0.1})
-    steps = required["inference_steps"][1]
-    assert (required["inference_steps"][0], steps["default"], steps["min"], steps["max"]) == ("INT", 20, 1, 999)
-    assert required["attention_mode"][0] == ["auto", "flash", "xformers", "flex", "standard"]
-    assert required["optimization_level"][0] == ["conservative", "balanced", "aggressive"]
-    assert required["optimization_level"][1]["default"] == "balanced"
-    vram = required["vram_fraction"]
-    assert (vram[0], vram[1]["default"], vram[1]["min"], vram[1]["max"]) == ("FLOAT", 0.0, 0.0, 0.95)
-    assert required["memory_mode"][0] == ["aggressive", "balanced", "conservative"]
+    assert required["seed"][1]["control_after_generate"] is True and required["seed"][1]["default"] == 1247
+    assert required["lips_expression"][0] == "FLOAT"
+    assert {k: required["lips_expression"][1][k] for k in ("default", "min", "max")} == {
+        "default": 1.5, "min": 1.0, "max": 3.0}
+    assert (required["inference_steps"][0], required["inference_steps"][1]["default"]) == ("INT", 20)
+    assert required["attention_mode"][0] == list(schema["attention"].choices)
     assert required["output_mode"][0] == ["auto", "video_file", "frames"]
-    assert required["enable_disk_cache"][0] == "BOOLEAN"
-    assert optional["model_version"][0] == ["1.6 (512 px)", "1.5 (256 px)"]
-    assert optional["fps"][0] == "FLOAT" and optional["fps"][1]["default"] == 25.0
-    assert optional["face_detector"][0] == ["auto", "insightface", "dlib"]
-    focus = optional["lip_focus"]
-    assert (focus[0], focus[1]["default"], focus[1]["min"], focus[1]["max"]) == ("FLOAT", 1.0, 1.0, 4.0)
-    assert optional["deepcache"][0] == "BOOLEAN" and optional["deepcache"][1]["default"] is False
-    assert optional["video_path"][0] == "STRING" and optional["video_path"][1]["default"] == ""
-    json.dumps(inputs)  # ComfyUI serves this as JSON (/object_info)
+    assert optional["video"][0] == "VIDEO" and optional["images"][0] == "IMAGE"
+    assert "video_path" not in optional  # no free-text server paths
+    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}
 
 
 def test_import_is_cheap_and_relative(tmp_path):
-    """Importing the pack loads no torch, and the node imports the library inside the pack, never a top-level
+    """Importing the pack loads no torch, and the nodes import the library inside the pack, never a top-level
     ``latentsync`` (two LatentSync packs can coexist; the folder name may have dashes)."""
     code = f"""
 import importlib, importlib.util, sys
@@ -123,52 +174,24 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-def test_output_mode_auto_rule(node_module, monkeypatch):
-    class Memory:
-        available = 8 * 1024 ** 3
-
-    import psutil
-
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
-    assert node_module._choose_frames("frames", 10 ** 6, 1080, 1920) is True
-    assert node_module._choose_frames("video_file", 1, 8, 8) is False
-    assert node_module._choose_frames("auto", 250, 512, 512) is True  # 0.79 GB of 8 GB
-    assert node_module._choose_frames("auto", 250, 1080, 1920) is False  # 6.2 GB
-    assert node_module._choose_frames("auto", node_module.AUTO_FRAMES_MAX + 1, 8, 8) is False
-
-
-def test_output_paths_stay_in_output_folder(node_module, monkeypatch, tmp_path):
-    monkeypatch.setenv("LATENTSYNC_OUTPUT_DIR", str(tmp_path))
-    first, name, subfolder = node_module._next_output_path()
-    assert first.parent == (tmp_path / "latentsync").resolve() and subfolder == "latentsync"
-    assert name == "LatentSync_00001_.mp4"
-    first.write_bytes(b"x")
-    second, name, _ = node_module._next_output_path()
-    assert name == "LatentSync_00002_.mp4" and second != first
-
-
-def test_audio_check(node_module):
-    import torch
-
-    stereo = torch.zeros(1, 2, 44100)  # (batch, channels, samples): ComfyUI AUDIO, handed to the library as is
-    assert node_module._audio_seconds({"waveform": stereo, "sample_rate": 44100}) == 1.0
-    with pytest.raises(ValueError, match="AUDIO"):
-        node_module._audio_seconds(np.zeros(10))
-    with pytest.raises(ValueError, match="empty"):
-        node_module._audio_seconds({"waveform": torch.zeros(1, 1, 0), "sample_rate": 16000})
+def test_output_wiring_is_read_from_the_prompt(package):
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1}},
+              "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x"}},
+              "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}}
+    assert bridge.output_is_wired(prompt, "5", 2) and bridge.output_is_wired(prompt, "5", 0)
+    assert not bridge.output_is_wired(prompt, "5", 1) and not bridge.output_is_wired(prompt, "6", 2)
+    assert not bridge.output_is_wired(None, "5", 2)
 
 
 # -- end to end with the tiny checkpoints ------------------------------------------------------------------------
 
 
-def _require_dlib():
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
     ok, reason = library("face.detectors").DlibDetector.available()
     if not ok:
         pytest.fail(f"the offline dlib face detector (a requirement) is not usable here: {reason}")
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-checkpoints")
     config = library("tools.make_tiny_checkpoints").make_tiny_checkpoints(folder)
     return folder, Path(config)
@@ -216,109 +239,238 @@ def speech(media_dir: Path, seconds: float) -> dict:
 
 
 @pytest.fixture
-def node_env(tiny_checkpoints, monkeypatch, tmp_path):
-    _require_dlib()
+def node_env(comfyui, tiny_checkpoints, monkeypatch, tmp_path):
+    """ComfyUI with the tiny set in an extra ``latentsync`` model folder (as extra_model_paths.yaml adds one)."""
     folder, config = tiny_checkpoints
-    output = tmp_path / "output"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setenv("LATENTSYNC_CHECKPOINTS", str(folder))
+    comfyui["folder_paths"].add_model_folder_path("latentsync", str(folder))
     monkeypatch.setenv("LATENTSYNC_UNET_CONFIG", str(config))
-    monkeypatch.setenv("LATENTSYNC_OUTPUT_DIR", str(output))
+    monkeypatch.delenv("LATENTSYNC_CHECKPOINTS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temp file of the run lands here
-    return output, scratch
+    return {**comfyui, "scratch": scratch, "checkpoints": folder}
 
 
-def run_node(package, images, audio, fps, **overrides):
-    node = package.NODE_CLASS_MAPPINGS["LatentSyncMemsafe"]()
-    args = dict(images=images, audio=audio, seed=1247, lips_expression=1.5, inference_steps=STEPS,
-                attention_mode="standard", optimization_level="balanced", vram_fraction=0.0,
-                memory_mode="balanced", output_mode="frames", enable_disk_cache=False, fps=fps,
-                face_detector="dlib")
+def load_model(package):
+    return package.NODE_CLASS_MAPPINGS["LatentSyncModelLoader"]().load("1.6 (512 px)", "fp32", "default")[0]
+
+
+def run_node(package, model, audio, node_id="5", prompt=None, **overrides):
+    node = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"]()
+    args = dict(model=model, audio=audio, seed=1247, lips_expression=1.5, inference_steps=STEPS,
+                attention_mode="standard", optimization_level="balanced", vram_fraction=0.0, memory_mode="balanced",
+                output_mode="auto", enable_disk_cache=False, face_detector="dlib", unique_id=node_id, prompt=prompt)
     args.update(overrides)
     return node.lipsync(**args)
 
 
-def probe(path: Path) -> tuple[int, int, int, bool]:
-    """(frames, width, height, has audio) of a written video, counted by decoding."""
+def probe(path: Path) -> tuple[int, int, int, float | None]:
+    """(frames, width, height, audio seconds or None) of a written video, counted by decoding."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         count = sum(1 for _ in container.decode(stream))
-        return count, stream.width, stream.height, bool(container.streams.audio)
+        audio = container.streams.audio
+        seconds = float(audio[0].duration * audio[0].time_base) if audio and audio[0].duration else None
+        return count, stream.width, stream.height, seconds
 
 
-def expected_frames(audio, fps) -> int:
-    return int(audio["waveform"].shape[-1] / audio["sample_rate"] * fps)
+def decode(path: Path) -> np.ndarray:
+    from latentsync.video import iter_frame_batches
+
+    return np.concatenate(list(iter_frame_batches(path, 64)))
 
 
-def test_frames_mode_end_to_end(package, node_env, short_clip):
-    output, scratch = node_env
-    images, _, audio, fps = short_clip
-    out = run_node(package, images, audio, fps, output_mode="frames")
-    frames, audio_out, path = out["result"]
-    count = expected_frames(audio, fps)
-    assert abs(frames.shape[0] - count) <= 1
-    assert frames.shape[0] == images.shape[0]  # the audio is as long as the clip
-    assert tuple(frames.shape[1:]) == tuple(images.shape[1:]) and str(frames.dtype) == "torch.float32"
-    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
-    assert audio_out is audio
-    path = Path(path)
-    assert path.is_file() and (output / "latentsync").resolve() in path.resolve().parents
-    assert probe(path) == (frames.shape[0], images.shape[2], images.shape[1], True)
-    assert out["ui"] == {"images": [{"filename": path.name, "subfolder": "latentsync", "type": "output"}],
-                         "animated": (True,)}
-    assert list(scratch.iterdir()) == []
+def test_loader_finds_checkpoints_through_comfyui_model_folders(package, node_env):
+    model = load_model(package)
+    folders = node_env["folder_paths"].get_folder_paths("latentsync")
+    assert folders == [str(node_env["checkpoints"]), str(node_env["base"] / "models" / "latentsync")]
+    assert model.models.checkpoints.root == node_env["checkpoints"]
+    assert model.patcher is not None and model.patcher.model_size() > 0
+    held = {name: module for name, module in model.patcher.model.named_children()}
+    assert set(held) == {"unet", "vae", "audio_encoder"}
 
 
-def test_video_file_mode_and_video_path_streaming(package, node_env, short_clip):
-    output, scratch = node_env
+def test_video_route_streams_the_file_and_returns_a_video(package, node_env, short_clip, monkeypatch):
+    """LoadVideo -> loader -> node: the VIDEO is streamed from its file (never decoded whole), the result is a
+    VIDEO of a file in ComfyUI's temp folder, with the audio's length and sound; no frames unless wired."""
+    from comfy_api.input_impl import VideoFromFile
+
     images, clip_path, audio, fps = short_clip
-    dummy = images[:1, :8, :8]  # ignored when video_path is set
-    out = run_node(package, dummy, audio, 7.0, output_mode="video_file", video_path=str(clip_path),
-                   memory_mode="aggressive")
-    preview, _, path = out["result"]
-    assert tuple(preview.shape) == (1, *images.shape[1:])  # one preview frame, the clip's size
-    frames, width, height, has_audio = probe(Path(path))
-    assert abs(frames - expected_frames(audio, fps)) <= 1  # the file's own 25 fps, not the fps input
-    assert (width, height, has_audio) == (images.shape[2], images.shape[1], True)
-    assert [p.name for p in (output / "latentsync").iterdir()] == [Path(path).name]
-    assert list(scratch.iterdir()) == []
+
+    def whole_decode(self):
+        raise AssertionError("the node decoded the whole VIDEO instead of streaming its file")
+
+    monkeypatch.setattr(VideoFromFile, "get_components", whole_decode)
+    prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
+              "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0]}}}
+    out = run_node(package, load_model(package), audio, prompt=prompt, video=VideoFromFile(str(clip_path)))
+    video, audio_out, frames = out["result"]
+    assert audio_out is audio
+    assert type(frames).__name__ == "ExecutionBlocker" and "output_mode" in frames.message
+    path = Path(video.get_stream_source())
+    temp = Path(node_env["folder_paths"].get_temp_directory()).resolve()
+    assert temp / "latentsync" == path.parent
+    count, width, height, sound = probe(path)
+    assert count == int(CLIP_SECONDS * fps) and (width, height) == (images.shape[2], images.shape[1])
+    assert sound is not None and abs(sound - count / fps) < 0.05
+    assert out["ui"] == {"images": [{"filename": path.name, "subfolder": "latentsync", "type": "temp"}],
+                         "animated": (True,)}
+    assert list(node_env["scratch"].iterdir()) == []
+    assert list((node_env["base"] / "output").rglob("*.mp4")) == []  # saving is SaveVideo's job
 
 
-def test_cancelled_run_leaves_nothing(package, node_module, node_env, short_clip, media_dir, monkeypatch):
-    """Cancel after the first progress update. The audio outlasts the clip (ping-pong: frames are aligned and
-    kept for revisiting first), so the run is cancelled mid-way with a partial output and caches in flight."""
-    output, scratch = node_env
+def test_progress_moves_every_denoising_step_with_the_stage_named(package, node_env, short_clip):
+    images, _, audio, fps = short_clip
+    run_node(package, load_model(package), audio, node_id="9", images=images, fps=fps, output_mode="frames")
+    values = [value for value, total, node_id in node_env["updates"] if node_id == "9"]
+    frames = images.shape[0]
+    # 16 frames, 2 steps: the bar passes half-way (8 of 16 frames) after the first step, before the chunk is done
+    assert any(0 < value < frames for value in values) and values[-1] == frames
+    texts = [text for node_id, text in node_env["server"].texts if node_id == "9"]
+    assert any(text.startswith("lip-sync") for text in texts)
+
+
+def test_images_route_frames_mode_writes_no_file(package, node_env, short_clip):
+    images, _, audio, fps = short_clip
+    out = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames")
+    video, _, frames = out["result"]
+    assert tuple(frames.shape) == tuple(images.shape) and str(frames.dtype) == "torch.float32"
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    components = video.get_components()  # the VIDEO output is made from the frames, with the audio
+    assert components.images is frames and components.audio is audio and float(components.frame_rate) == fps
+    assert out["ui"] == {}
+    assert [p for p in node_env["base"].rglob("*.mp4")] == []
+
+
+def test_auto_mode_returns_frames_when_wired_equal_to_the_video(package, node_env, short_clip):
+    from comfy_api.input_impl import VideoFromFile
+
+    _, clip_path, audio, _ = short_clip
+    prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
+              "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}}
+    model = load_model(package)
+    video, _, frames = run_node(package, model, audio, prompt=prompt, video=VideoFromFile(str(clip_path)))["result"]
+    written = decode(Path(video.get_stream_source()))
+    assert frames.shape[0] == len(written)
+    # the same frames, up to the encoder's loss
+    assert np.abs(frames.numpy() * 255 - written.astype(np.float32)).mean() < 3.0
+
+
+def test_exactly_one_of_video_and_images(package, node_env, short_clip):
+    from comfy_api.input_impl import VideoFromFile
+
+    images, clip_path, audio, fps = short_clip
+    model = load_model(package)
+    for extra in ({}, {"video": VideoFromFile(str(clip_path)), "images": images}):
+        with pytest.raises(ValueError, match="exactly one of `video`") as error:
+            run_node(package, model, audio, fps=fps, **extra)
+        assert "\n" not in str(error.value)
+
+
+def test_interrupt_stops_within_a_step_and_leaves_nothing(package, node_env, short_clip, media_dir, monkeypatch):
+    """Cancel as soon as the run reports progress; the audio outlasts the clip (frames and faces are cached for
+    revisiting), so caches and a partial output are in flight when it stops."""
     images, _, _, fps = short_clip
-    audio = speech(media_dir, 2 * CLIP_SECONDS)
-    updates = []
-    original = node_module._Progress.__call__
+    model = load_model(package)
+    node_env["updates"].clear()
+    mm = node_env["mm"]
+    original, pressed = mm.processing_interrupted, []
 
-    def progress(self, stage, done, total):
-        updates.append((stage, done, total))
-        original(self, stage, done, total)
+    def cancel_pressed_after_first_progress():  # the user presses Cancel once the bar has moved
+        if node_env["updates"] and not pressed:
+            pressed.append(True)
+            mm.interrupt_current_processing(True)
+        return original()
 
-    monkeypatch.setattr(node_module._Progress, "__call__", progress)
-    monkeypatch.setattr(node_module, "_interrupted", lambda: bool(updates))
-    cancelled = library("pipeline").Cancelled
-    with pytest.raises(cancelled):
-        run_node(package, images, audio, fps, output_mode="frames")
-    assert updates
-    leftovers = [p for p in output.rglob("*") if p.is_file()] if output.exists() else []
-    assert leftovers == []
-    assert list(scratch.iterdir()) == []
+    monkeypatch.setattr(mm, "processing_interrupted", cancel_pressed_after_first_progress)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(package, model, speech(media_dir, 2 * CLIP_SECONDS), images=images, fps=fps,
+                 output_mode="video_file")
+    assert not mm.processing_interrupted()  # the flag was consumed, as ComfyUI's own nodes do
+    assert [p for p in node_env["base"].rglob("*") if p.is_file()] == []
+    assert list(node_env["scratch"].iterdir()) == []
+
+
+def test_per_run_choices_never_reload_weights_and_free_releases_them(package, node_env, short_clip):
+    """Attention kernel and face detector change per run on the same weights; unloading moves the weights to the
+    offload device; dropping the loader's output (what POST /free does to ComfyUI's cache) frees them; a new load
+    reproduces the pixels exactly."""
+    images, _, audio, fps = short_clip
+    model = load_model(package)
+    unet = model.models.unet
+    pointers = [p.data_ptr() for p in unet.parameters()]
+    first = run_node(package, model, audio, images=images, fps=fps, output_mode="frames")["result"][2]
+    second = run_node(package, model, audio, images=images, fps=fps, output_mode="frames", attention_mode="flash",
+                      seed=1247)["result"][2]
+    assert model.models.unet is unet and [p.data_ptr() for p in unet.parameters()] == pointers
+    assert float((first - second).abs().max()) < 2 / 255  # same result, another kernel
+    mm = node_env["mm"]
+    assert any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
+    mm.unload_all_models()  # "Unload models"
+    assert all(p.device.type == "cpu" for p in unet.parameters())
+    alive = weakref.ref(model.models)
+    del model, unet, first
+    gc.collect()
+    assert alive() is None  # nothing but ComfyUI's cache held the weights
+    again = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames",
+                     attention_mode="flash")["result"][2]
+    assert np.array_equal(again.numpy(), second.numpy())
+
+
+def test_auto_detector_without_face_models_uses_dlib_and_never_downloads(package, node_env, short_clip,
+                                                                          monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a run tried to download something")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    images, _, audio, fps = short_clip
+    out = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames",
+                   face_detector="auto")
+    assert out["result"][2].shape[0] == images.shape[0]
+    assert not (node_env["checkpoints"] / "auxiliary").exists()
+
+
+def test_missing_checkpoint_is_one_sentence_with_the_download_command(package, comfyui, monkeypatch, tmp_path):
+    monkeypatch.delenv("LATENTSYNC_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    comfyui["folder_paths"].add_model_folder_path("latentsync", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as error:
+        load_model(package)
+    message = str(error.value)
+    assert "python -m latentsync.checkpoints download" in message and "\n" not in message
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_deepcache_is_an_opt_in_that_changes_only_a_little(package, node_env, short_clip):
-    """deepcache=True reaches the denoiser: with 4 steps, steps 1-3 reuse deep features, so the mouth differs
-    slightly from the exact run while the frames keep their shape."""
+    """deepcache reaches the denoiser: with 4 steps, steps 1-3 reuse deep features, so the mouth differs slightly
+    from the exact run while the frames keep their shape."""
     images, _, audio, fps = short_clip
-    exact = run_node(package, images, audio, fps, inference_steps=4)["result"][0]
-    cached = run_node(package, images, audio, fps, inference_steps=4, deepcache=True)["result"][0]
+    model = load_model(package)
+    exact = run_node(package, model, audio, images=images, fps=fps, output_mode="frames", inference_steps=4)
+    cached = run_node(package, model, audio, images=images, fps=fps, output_mode="frames", inference_steps=4,
+                      deepcache=True)
+    exact, cached = exact["result"][2], cached["result"][2]
     assert cached.shape == exact.shape
     difference = (cached - exact).abs()
     assert difference.max() > 0  # not silently ignored
     assert difference.mean() < 0.01  # an approximation of the same result, not something else
+
+
+def test_results_go_to_numbered_files_inside_their_folder(package, comfyui, monkeypatch, tmp_path):
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    temp = Path(comfyui["folder_paths"].get_temp_directory()).resolve()
+    first, name, subfolder = bridge.new_video_path()
+    assert (first.parent, name, subfolder) == (temp / "latentsync", "LatentSync_00001_.mp4", "latentsync")
+    first.write_bytes(b"x")
+    second, name, _ = bridge.new_video_path()
+    assert name == "LatentSync_00002_.mp4" and second.parent == first.parent
+    _drop_comfy_modules()  # outside ComfyUI: $LATENTSYNC_OUTPUT_DIR
+    monkeypatch.setenv("LATENTSYNC_OUTPUT_DIR", str(tmp_path / "out"))
+    path, name, _ = bridge.new_video_path()
+    assert path.parent == (tmp_path / "out" / "latentsync").resolve() and name == "LatentSync_00001_.mp4"
