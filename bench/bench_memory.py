@@ -11,7 +11,6 @@ frames go to the disk cache). Prints JSON with peak RSS of each and their ratio;
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -21,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import soundfile
+from report import PeakRSS, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
@@ -32,20 +31,11 @@ def peak_rss_of(command: list[str], env: dict) -> tuple[float, float, int]:
     """(peak RSS in MB sampled every 50 ms over the process tree, seconds, exit code)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watched = psutil.Process(process.pid)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [watched] + watched.children(recursive=True)
-            # ffmpeg children are counted: they are part of what the run costs
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    stderr = process.stderr.read().decode(errors="replace")
+    with PeakRSS(process.pid) as sampler:
+        stderr = process.communicate()[1].decode(errors="replace")
     if process.returncode:
         print(stderr[-3000:], file=sys.stderr)
-    return peak / 1e6, time.perf_counter() - started, process.returncode
+    return sampler.peak / 1e6, time.perf_counter() - started, process.returncode
 
 
 def looped_speech(seconds: float, folder: Path) -> Path:
@@ -86,9 +76,7 @@ def main() -> int:
               "runs": results,
               "ratio_long_to_short": round(results["long"]["peak_rss_mb"] / results["short"]["peak_rss_mb"], 3),
               "target": "<= 1.10"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return 0 if all(r["exit_code"] == 0 for r in results.values()) else 1
 
 
