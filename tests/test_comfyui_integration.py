@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,13 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert object_info["LatentSyncLipSync"]["display_name"] == "LatentSync Lip Sync"
         assert object_info["LatentSyncModelLoader"]["display_name"] == "LatentSync Model Loader"
         assert object_info["LatentSyncLipSync"]["output"] == ["VIDEO", "AUDIO", "IMAGE"]
+
+        # ComfyUI lists the template (Browse Templates) and serves it with its thumbnail
+        assert get(f"{server.url}/workflow_templates") == {PACK_NAME: ["latentsync_lipsync"]}
+        served = f"{server.url}/api/workflow_templates/{PACK_NAME}/latentsync_lipsync"
+        assert get(f"{served}.json") == json.loads(WORKFLOW.read_text())
+        with urllib.request.urlopen(f"{served}.jpg", timeout=10) as thumbnail:
+            assert thumbnail.status == 200 and thumbnail.read(3) == b"\xff\xd8\xff"
 
         # the shipped UI workflow opens as the graph the API file describes
         workflow = json.loads(WORKFLOW.read_text())
