@@ -7,9 +7,13 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
+
+from .video.rates import frame_rate
+
+Allocate = Callable[[tuple], np.ndarray]  # shape -> a uint8 array to fill (e.g. a reused buffer)
 
 
 class FrameSource(Protocol):
@@ -18,8 +22,9 @@ class FrameSource(Protocol):
     height: int
     width: int
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive uint8 (n, H, W, 3) RGB batches from the first frame to the last."""
+    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
+        """Consecutive uint8 (n, H, W, 3) RGB batches from the first frame to the last, each in an array from
+        ``allocate((batch_size, H, W, 3))`` when given (reused buffers), else in a new one."""
 
 
 class VideoFileSource:
@@ -33,10 +38,10 @@ class VideoFileSource:
         self.fps, self.num_frames = Fraction(info.fps), int(info.num_frames)
         self.height, self.width = int(info.height), int(info.width)
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
         from .video import iter_frame_batches
 
-        return iter_frame_batches(self.path, batch_size)
+        return iter_frame_batches(self.path, batch_size, allocate=allocate)
 
 
 class ArraySource:
@@ -49,31 +54,29 @@ class ArraySource:
         self.fps = frame_rate(fps)
         self.num_frames, self.height, self.width = (int(s) for s in frames.shape[:3])
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
         for start in range(0, self.num_frames, batch_size):
-            yield to_uint8(self.frames[start:start + batch_size])
+            frames = self.frames[start:start + batch_size]
+            out = allocate((batch_size, self.height, self.width, 3))[:len(frames)] if allocate else None
+            yield to_uint8(frames, out)
+
+    def at(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        """The frames at ``indices``, in that order, as uint8 (into ``out`` when given)."""
+        return to_uint8(self.frames[list(indices)], out)
 
 
-NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
-
-
-def frame_rate(fps: float | Fraction) -> Fraction:
-    """A rate as an exact fraction; 23.976, 29.97, 59.94 ... given as floats mean the NTSC rates n*1000/1001."""
-    rate = Fraction(fps)
-    for ntsc in NTSC_RATES:
-        if abs(rate - ntsc) < Fraction(1, 100):
-            return ntsc
-    return rate.limit_denominator(1001)
-
-
-def to_uint8(frames) -> np.ndarray:
-    """uint8 frames as they are; float frames in [0, 1] rounded to 0..255 (torch or numpy input)."""
+def to_uint8(frames, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 frames as they are; float frames in [0, 1] rounded to 0..255 (torch or numpy input); written into
+    ``out`` (same shape) when given."""
     if hasattr(frames, "detach"):
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames)
-    if frames.dtype == np.uint8:
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if out is None:
         return frames
-    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out[...] = frames
+    return out
 
 
 class FrameStore:
@@ -103,11 +106,11 @@ class FrameStore:
         else:
             os.pwrite(self._file.fileno(), records.data, start * self.record_bytes)
 
-    def read(self, indices) -> np.ndarray:
-        """The records at ``indices``, in that order, as a new (len(indices), *shape) array."""
+    def read(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        """The records at ``indices``, in that order, as a (len(indices), *shape) array (``out`` when given)."""
         if self._memory is not None:
-            return self._memory[list(indices)]
-        out = np.empty((len(indices), *self.shape), dtype=np.uint8)
+            return np.take(self._memory, list(indices), axis=0, out=out)
+        out = np.empty((len(indices), *self.shape), dtype=np.uint8) if out is None else out
         for row, index in enumerate(indices):
             view = memoryview(out[row]).cast("B")
             if os.preadv(self._file.fileno(), [view], index * self.record_bytes) != self.record_bytes:

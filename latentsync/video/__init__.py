@@ -2,10 +2,12 @@
 
 from .errors import FFmpegNotFoundError, MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg, nvenc_available
+from .rates import NTSC_RATES, frame_rate
 from .reader import VideoInfo, count_frames, iter_frame_batches, probe_video, read_frames
 from .writer import VideoWriter, write_wav
 
 __all__ = [
-    "FFmpegNotFoundError", "MediaError", "VideoInfo", "VideoWriter", "choose_video_encoder", "count_frames",
-    "find_ffmpeg", "iter_frame_batches", "nvenc_available", "probe_video", "read_frames", "write_wav",
+    "FFmpegNotFoundError", "MediaError", "NTSC_RATES", "VideoInfo", "VideoWriter", "choose_video_encoder",
+    "count_frames", "find_ffmpeg", "frame_rate", "iter_frame_batches", "nvenc_available", "probe_video",
+    "read_frames", "write_wav",
 ]

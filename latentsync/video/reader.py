@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -179,11 +179,14 @@ def _frames_from(path: Path, start: int) -> Iterator[tuple[int, object, int]]:
         container.close()
 
 
-def iter_frame_batches(path: str | Path, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
+def iter_frame_batches(path: str | Path, batch_size: int, start: int = 0,
+                       allocate: Callable[[tuple], np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """Consecutive uint8 RGB batches (n, H, W, 3), n <= batch_size, from frame `start` to the last frame.
 
-    Streams with PyAV (threaded decoding); holds at most one batch. Display rotation is applied.
+    Streams with PyAV (threaded decoding); holds at most one batch. Display rotation is applied. ``allocate(shape)``
+    gives the array each batch is decoded into (a reused buffer; the default allocates a new one per batch).
     """
+    allocate = allocate or (lambda shape: np.empty(shape, dtype=np.uint8))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if start < 0:
@@ -196,7 +199,7 @@ def iter_frame_batches(path: str | Path, batch_size: int, start: int = 0) -> Ite
             continue
         rgb = _to_rgb(frame, rotation)
         if buffer is None:
-            buffer = np.empty((batch_size, *rgb.shape), dtype=np.uint8)
+            buffer = allocate((batch_size, *rgb.shape))
         if rgb.shape != buffer.shape[1:]:  # resolution change mid-stream: scale to the first frame's size
             height, width = buffer.shape[1:3]
             if rotation in (90, 270):
@@ -208,7 +211,7 @@ def iter_frame_batches(path: str | Path, batch_size: int, start: int = 0) -> Ite
             yield buffer
             buffer, filled = None, 0
     if buffer is not None and filled:
-        yield buffer[:filled].copy()
+        yield buffer[:filled]
 
 
 def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:

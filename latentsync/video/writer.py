@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..frames import frame_rate
+from .rates import frame_rate
 from .errors import MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg
 
