@@ -14,11 +14,11 @@ from pathlib import Path
 
 if __package__:  # imported as part of the ComfyUI package
     from .latentsync.memory_limiter import (MEMORY_MODES, OPTIMIZATION_LEVELS, MemoryPlan,  # noqa: F401
-                                            detect_hardware, plan_memory, with_oom_backoff)
+                                            detect_hardware, plan_memory, smaller_batches)
 else:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from latentsync.memory_limiter import (MEMORY_MODES, OPTIMIZATION_LEVELS, MemoryPlan,  # noqa: F401
-                                           detect_hardware, plan_memory, with_oom_backoff)
+                                           detect_hardware, plan_memory, smaller_batches)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ so the result does not depend on batching.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -93,6 +93,17 @@ class LipSyncDenoiser:
         shape = (1, self.vae.config.latent_channels, 1, self.latent_size, self.latent_size)
         noise = torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
         self.initial_noise = noise * self.scheduler.init_noise_sigma
+
+    def resize(self, chunks_per_call: int, vae_batch: int) -> None:
+        """Smaller batches (after an out-of-memory error); the draws, and so the result, do not change."""
+        self.settings = replace(self.settings, chunks_per_call=chunks_per_call, vae_batch=vae_batch)
+
+    def generator_state(self) -> torch.Tensor:
+        """The random generator's state: restored with ``rewind``, a chunk redone gets the same noise."""
+        return self.generator.get_state()
+
+    def rewind(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def skip(self, frames: int) -> None:
         """Advance the generator past a chunk that is not generated (no face in it), so later chunks get the

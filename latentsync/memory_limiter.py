@@ -6,7 +6,6 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, TypeVar
 
 import psutil
 import torch
@@ -137,9 +136,6 @@ class OutOfMemory(RuntimeError):
     """Even the smallest batch did not fit."""
 
 
-T = TypeVar("T")
-
-
 def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -150,24 +146,24 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def with_oom_backoff(plan: MemoryPlan, attempt: Callable[[MemoryPlan], T]) -> tuple[T, MemoryPlan]:
-    """Run ``attempt(plan)``; on out-of-memory free, halve the batch sizes and retry; then fail clearly.
-
-    ``attempt`` must be restartable (it is called again from the start with the smaller plan).
-    """
-    while True:
-        try:
-            return attempt(plan), plan
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-            if not is_oom(error):
-                raise
-            free_memory()
-            if plan.chunks_per_call == 1 and plan.vae_batch == 1:
-                raise OutOfMemory(
-                    "out of GPU memory even with the smallest batches: lower the resolution (model 1.5 / 256 px), "
-                    "set optimization_level to conservative, close other GPU programs, or run on the CPU") from error
-            smaller = replace(plan, chunks_per_call=max(1, plan.chunks_per_call // 2),
-                              vae_batch=max(1, plan.vae_batch // 2))
-            log.warning("out of memory with %d chunks per UNet call and VAE batch %d; retrying with %d and %d",
-                        plan.chunks_per_call, plan.vae_batch, smaller.chunks_per_call, smaller.vae_batch)
-            plan = smaller
+def smaller_batches(plan: MemoryPlan, stage: str, error: BaseException | None = None) -> MemoryPlan:
+    """The plan after an out-of-memory error in ``stage``: "denoise" halves the chunks per UNet call and the VAE
+    batch, "face" the face batch. When they are 1 already, OutOfMemory says what to change."""
+    if stage == "denoise":
+        if plan.chunks_per_call == 1 and plan.vae_batch == 1:
+            raise OutOfMemory(
+                "out of GPU memory even with the smallest batches: lower the resolution (model 1.5 / 256 px), "
+                "set optimization_level to conservative, close other GPU programs, or run on the CPU") from error
+        smaller = replace(plan, chunks_per_call=max(1, plan.chunks_per_call // 2),
+                          vae_batch=max(1, plan.vae_batch // 2))
+        log.warning("out of memory with %d chunks per UNet call and VAE batch %d; redoing the chunk with %d and %d",
+                    plan.chunks_per_call, plan.vae_batch, smaller.chunks_per_call, smaller.vae_batch)
+        return smaller
+    if stage != "face":
+        raise ValueError(f"unknown stage {stage!r}: 'denoise' or 'face'")
+    if plan.face_batch == 1:
+        raise OutOfMemory("out of GPU memory aligning faces one frame at a time: close other GPU programs, use a "
+                          "smaller video, or run on the CPU") from error
+    smaller = replace(plan, face_batch=plan.face_batch // 2)
+    log.warning("out of memory with face batch %d; redoing the batch with %d", plan.face_batch, smaller.face_batch)
+    return smaller

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -23,10 +24,13 @@ import yaml
 
 from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, locate
 from .denoise import Chunk, DenoiseSettings, LipSyncDenoiser
+from .face import AlignedBatch, FaceStage, no_face_error
 from .frames import ArraySource, FrameSource, FrameStore, VideoFileSource, pingpong_index
 from .mask import load_mouth_mask
-from .memory_limiter import MemoryPlan, detect_hardware, log_memory, plan_memory, vram_cap, with_oom_backoff
+from .memory_limiter import (MemoryPlan, detect_hardware, free_memory, is_oom, log_memory, plan_memory,
+                             smaller_batches, vram_cap)
 from .options import LOAD, RUN, check_all
+from .stages import BufferPool, StageTimes, Stopped, in_thread
 
 log = logging.getLogger("latentsync.pipeline")
 
@@ -150,38 +154,37 @@ class LipSyncModels:
 
 
 @dataclass
-class AlignedFrames:
-    """A batch of output frames with their aligned faces (uint8 values) and alignment data."""
+class Group:
+    """Consecutive output frames on their way through the stages: decoded and aligned, then synced, then restored
+    (in place: ``frames`` is a reused buffer, valid until the consumer asks for the next group)."""
 
+    start: int  # output index of the first frame
     frames: np.ndarray  # (n, H, W, 3) uint8
-    aligned: object  # the face stage's AlignedBatch for these frames
+    aligned: AlignedBatch
+    synced: torch.Tensor | None = None  # (n, 3, R, R) in [-1, 1]; None when no frame of the group has a face
 
 
 class LipSyncPipeline:
-    def __init__(self, models: LipSyncModels, options: PipelineOptions):
+    """Lip-syncs videos with loaded models. ``frames()`` yields the synced frames (every stage running at the same
+    time); ``run()`` is its usual consumer: an mp4 with the audio muxed in, and/or a frame sink."""
+
+    def __init__(self, models: LipSyncModels, options: PipelineOptions, overlap: bool = True):
         self.models = models
         self.options = options
+        self.overlap = overlap  # False: the same stages one after another in the caller's thread (a baseline)
 
-    def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
-            progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
-            frame_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
-        """Lip-sync ``video`` (a path or (N, H, W, 3) frames at ``fps``) to ``audio`` (a path or (waveform, rate)).
+    def frames(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> "SyncedFrames":
+        """Start lip-syncing ``video`` (a path, a FrameSource, or (N, H, W, 3) frames at ``fps``) to ``audio`` (a
+        path, a ComfyUI AUDIO dict or (waveform, rate)): probes the inputs, computes the audio features and plans
+        the memory; iterating the result yields the synced uint8 (n, H, W, 3) batches in order."""
+        from .audio import load_audio, require_video_frames
 
-        Writes an mp4 with the audio muxed in to ``output_path`` (atomically) when one is given, and passes every
-        output frame batch (uint8 (n, H, W, 3)) to ``frame_sink`` when given; at least one of the two.
-        """
-        from .audio import frame_windows, load_audio, require_video_frames
-
-        if output_path is None and frame_sink is None:
-            raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
-        report = progress or (lambda *_: None)
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         source = self._source(video, fps)
         samples = load_audio(audio)
         total = require_video_frames(len(samples), source.fps)
         features = self.models.audio_encoder.features(samples)
-        timings["audio"] = time.perf_counter() - started
         revisits = total > source.num_frames
         hardware = detect_hardware(str(self.models.device))
         plan = plan_memory(hardware, resolution=self.models.resolution, source_frames=source.num_frames,
@@ -191,27 +194,38 @@ class LipSyncPipeline:
         for reason in plan.reasons:
             log.info("memory plan: %s", reason)
         self.models.use_attention(self.options.attention, self.options.lip_focus)
-        log_memory("start")
+        run = SyncedFrames(self, source, samples, features, total, plan, progress, should_cancel)
+        run.times.add("audio", time.perf_counter() - started)
+        return run
 
-        delivered = 0  # frames already handed to frame_sink: a retry after OOM must not hand them again
+    def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
+            progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
+            frame_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
+        """Lip-sync and deliver: an mp4 at ``output_path`` with the audio muxed in (written atomically), and/or
+        every batch to ``frame_sink`` (a copy it may keep); at least one of the two."""
+        from .video import VideoWriter, write_wav
 
-        def sink_once(start: int, frames: np.ndarray) -> None:
-            nonlocal delivered
-            if frame_sink is not None and start + len(frames) > delivered:
-                frame_sink(frames[delivered - start:] if start < delivered else frames)
-                delivered = start + len(frames)
-
-        def attempt(current_plan: MemoryPlan) -> RunResult:
-            return self._generate(source, samples, audio, features, total, revisits, current_plan, output_path,
-                                  report, should_cancel, sink_once, timings, frame_windows)
-
-        with vram_cap(plan, self.models.device, enabled=self.options.hard_vram_cap):
-            result, _ = with_oom_backoff(plan, attempt)
-        timings["total"] = time.perf_counter() - started
-        log_memory("end")
-        return result
-
-    # -- stages ------------------------------------------------------------------------------------------------
+        if output_path is None and frame_sink is None:
+            raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
+        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel)
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if output_path is not None:
+                audio_path = audio if isinstance(audio, (str, Path)) else None
+                if audio_path is None:  # in-memory audio is muxed from a private temp wav, at its own rate
+                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
+                    audio_path = Path(folder) / "audio.wav"
+                    write_wav(audio_path, *_waveform_and_rate(audio, synced.samples))
+                writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
+                                                         audio=audio_path))
+            stack.enter_context(vram_cap(synced.plan, self.models.device, enabled=self.options.hard_vram_cap))
+            for batch in stack.enter_context(contextlib.closing(iter(synced))):  # closed first: threads stop
+                if writer is not None:
+                    with synced.times.measure("encode"):
+                        writer.write(batch)
+                if frame_sink is not None:
+                    frame_sink(batch.copy())
+        return synced.result(None if output_path is None else Path(output_path))
 
     def _source(self, video, fps) -> FrameSource:
         if isinstance(video, (str, Path)):
@@ -222,112 +236,178 @@ class LipSyncPipeline:
             raise ValueError("frames given without a frame rate: pass fps (e.g. 25)")
         return ArraySource(video, fps)
 
-    def _generate(self, source, samples, audio, features, total, revisits, plan, output_path, report,
-                  should_cancel, frame_sink, timings, frame_windows) -> RunResult:
-        from .face import FaceStage, no_face_error
-        from .video import VideoWriter, write_wav
+
+class SyncedFrames:
+    """One run of the pipeline: iterate it (once) for the synced frames, then ask ``result()``.
+
+    Stages: decode -> detect/align (one thread), VAE + UNet (one thread: the random draws stay in video order, so
+    the output does not depend on the threading), restore (one thread), the consumer behind them. Bounded queues
+    and a pool of frame buffers join them, so memory stays flat; an out-of-memory error shrinks that stage's
+    batches and redoes only the batch that failed (the generator rewound to its start), never the run.
+    """
+
+    def __init__(self, pipeline: LipSyncPipeline, source: FrameSource, samples: np.ndarray, features: torch.Tensor,
+                 total: int, plan: MemoryPlan, progress: Progress | None, should_cancel: Callable[[], bool] | None):
+        self.models, self.options, self.overlap = pipeline.models, pipeline.options, pipeline.overlap
+        self.source, self.samples, self.features, self.num_frames = source, samples, features, total
+        self.fps, self.width, self.height = source.fps, source.width, source.height
+        self.plan = plan
+        self.report = progress or (lambda *_: None)
+        self.should_cancel = should_cancel
+        self.times = StageTimes()
+        self.stopping = threading.Event()
+        self.frames_with_face = 0
+        self._plan_lock = threading.Lock()
+        self._started = time.perf_counter()
+        self._done = False
+
+    # -- the consumer's side ---------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._done:
+            raise RuntimeError("a run's frames can be iterated once")
+        self._done = True
+        return self._synced()
+
+    def result(self, output_path: Path | None = None) -> RunResult:
+        seconds = dict(self.times.seconds, total=time.perf_counter() - self._started)
+        without = self.num_frames - self.frames_with_face
+        if without:
+            log.warning("%d of %d frames had no usable face and were passed through unchanged", without,
+                        self.num_frames)
+        return RunResult(output_path, self.num_frames, self.fps, without, self.plan, seconds)
+
+    def _synced(self) -> Iterator[np.ndarray]:
+        log_memory("start")
+        group_frames = self.models.chunk_size * self.plan.chunks_per_call
+        pool = BufferPool(group_frames, self.height, self.width, count=7 if self.overlap else 2,
+                          stopping=self.stopping)
+        stage = (lambda items, name: in_thread(items, name, self.stopping)) if self.overlap else (lambda i, _: i)
+        groups = stage(self._aligned(pool, group_frames), "align")
+        groups = stage(self._denoised(groups), "denoise")
+        groups = stage(self._restored(groups), "restore")
+        try:
+            for group in groups:
+                yield group.frames
+                pool.release(group.frames)
+        finally:
+            self.stopping.set()
+            groups.close()
+        if self.frames_with_face == 0:
+            raise no_face_error(self.num_frames)
+        log_memory("end")
+
+    # -- stage 1: decode -> detect / align -------------------------------------------------------------------
+
+    def _aligned(self, pool: BufferPool, size: int) -> Iterator[Group]:
+        faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
+                          device=self.models.device)
+        if self.num_frames > self.source.num_frames:
+            yield from self._revisited(faces, pool, size)
+            return
+        produced = 0
+        batches = self.source.batches(size, pool.allocate)
+        while produced < self.num_frames:
+            self._check()
+            with self.times.measure("decode"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            batch = batch[: self.num_frames - produced]
+            with self.times.measure("align"):
+                aligned = self._align(faces, batch)
+            self.frames_with_face += int(aligned.has_face.sum())
+            yield Group(produced, batch, aligned)
+            produced += len(batch)
+
+    def _revisited(self, faces: FaceStage, pool: BufferPool, size: int) -> Iterator[Group]:
+        """Ping-pong looping: align every source frame once, in order (as the reference does), keep the frames and
+        face crops (RAM or disk cache) and the small geometry (RAM), then replay them by index."""
+        count, res = self.source.num_frames, self.models.resolution
+        in_ram = isinstance(self.source, ArraySource)  # in-RAM frames are indexed where they are
+        cache_dir = self.options.cache_dir
+        with contextlib.ExitStack() as stack:
+            frames = None if in_ram else stack.enter_context(
+                FrameStore(count, (self.height, self.width, 3), self.plan.disk_cache, cache_dir))
+            crops = stack.enter_context(FrameStore(count, (3, res, res), self.plan.disk_cache, cache_dir))
+            affines, has_faces, anchors = [], [], []  # small: kept in RAM
+            position = 0
+            batches = self.source.batches(size, pool.allocate)
+            while True:
+                self._check()
+                with self.times.measure("decode"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                with self.times.measure("align"):
+                    aligned = self._align(faces, batch)
+                    if frames is not None:
+                        frames.write(position, batch)
+                    crops.write(position, aligned.faces.cpu().numpy())
+                pool.release(batch)
+                affines.append(aligned.affine)
+                has_faces.append(aligned.has_face)
+                anchors.append(aligned.anchors)
+                position += len(batch)
+                self.report("align faces", position, count)
+            affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
+            if not bool(has_face.any()):
+                raise no_face_error(count)
+            for start in range(0, self.num_frames, size):
+                self._check()
+                indices = [pingpong_index(i, count) for i in range(start, min(self.num_frames, start + size))]
+                with self.times.measure("decode"):
+                    buffer = pool.allocate((size, self.height, self.width, 3))[:len(indices)]
+                    batch = self.source.at(indices, buffer) if in_ram else frames.read(indices, buffer)
+                    crop = torch.from_numpy(crops.read(indices)).to(faces.device)
+                aligned = AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices])
+                self.frames_with_face += int(aligned.has_face.sum())
+                yield Group(start, batch, aligned)
+
+    def _align(self, faces: FaceStage, frames: np.ndarray):
+        """Detect and align in sub-batches of the plan's face batch; out of memory, the sub-batch is redone smaller
+        from the face stage's state before it (its smoothing carries across frames)."""
+        parts, start = [], 0
+        while start < len(frames):
+            size = self.plan.face_batch
+            before = faces.snapshot()
+            try:
+                parts.append(faces.align(frames[start:start + size]))
+            except RuntimeError as error:
+                if not is_oom(error):
+                    raise
+                faces.rewind(before)
+                self._shrink("face", error)
+                continue
+            start += size
+        return parts[0] if len(parts) == 1 else AlignedBatch.concatenate(parts)
+
+    # -- stage 2: VAE + UNet ---------------------------------------------------------------------------------
+
+    def _denoised(self, groups: Iterator[Group]) -> Iterator[Group]:
+        from .audio import frame_windows
 
         models, options = self.models, self.options
         settings = DenoiseSettings(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed,
-                                   chunk_size=models.chunk_size, chunks_per_call=plan.chunks_per_call,
-                                   vae_batch=plan.vae_batch, deepcache_interval=options.deepcache_interval)
+                                   chunk_size=models.chunk_size, chunks_per_call=self.plan.chunks_per_call,
+                                   vae_batch=self.plan.vae_batch, deepcache_interval=options.deepcache_interval)
         mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
         denoiser = LipSyncDenoiser(models.unet, models.vae, _scheduler_config(), mask, settings, models.device,
                                    models.dtype)
         denoiser.start()
-        faces = FaceStage(models.face_detector(options.detector), models.resolution, device=models.device)
-        group_frames = models.chunk_size * plan.chunks_per_call
-        fps = source.fps
-        done = with_face = 0
-        with contextlib.ExitStack() as stack:
-            writer = None
-            if output_path is not None:
-                audio_path = audio if isinstance(audio, (str, Path)) else None
-                if audio_path is None:  # in-memory audio is muxed from a private temp wav, at its own rate
-                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
-                    audio_path = Path(folder) / "audio.wav"
-                    write_wav(audio_path, *_waveform_and_rate(audio, samples))
-                writer = stack.enter_context(VideoWriter(output_path, source.width, source.height, fps,
-                                                         audio=audio_path))
-            if revisits:
-                batches = self._revisited(source, total, faces, plan, stack, report, should_cancel)
-            else:
-                batches = self._streamed(source, total, faces, plan)
-            stages = _StageClock(timings)
-            groups = _regroup(batches, group_frames)
-            while (group := stages.next("decode_align", groups)) is not None:
-                _check_cancel(should_cancel)
-                with_face += int(group.aligned.has_face.sum())
-                window = frame_windows(features, float(fps), start=done, stop=done + len(group.frames))
+        device = torch.device(models.device)
+        sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else None
+        for group in groups:
+            count = len(group.frames)
+            window = frame_windows(self.features, float(self.fps), start=group.start, stop=group.start + count)
+            with self.times.measure("denoise", sync):
+                group.synced = self._denoise(denoiser, group, window)
+            self.report("lip-sync", group.start + count, self.num_frames)
+            yield group
 
-                def on_step(step: int, steps: int, first=done, size=len(group.frames)) -> None:
-                    _check_cancel(should_cancel)
-                    report("lip-sync", first + size * step / steps, total)
-
-                with stages("denoise"):
-                    synced = self._denoise(denoiser, group, window, on_step)
-                with stages("restore"):
-                    frames = group.frames if synced is None else faces.restore(group.frames, synced, group.aligned)
-                if writer is not None:
-                    with stages("encode"):
-                        writer.write(frames)
-                frame_sink(done, frames)
-                done += len(frames)
-                report("lip-sync", done, total)
-            if with_face == 0:
-                raise no_face_error(total)
-        if with_face < total:
-            log.warning("%d of %d frames had no usable face and were passed through unchanged",
-                        total - with_face, total)
-        return RunResult(None if output_path is None else Path(output_path), total, fps, total - with_face, plan,
-                         timings)
-
-    def _streamed(self, source: FrameSource, total: int, faces, plan: MemoryPlan) -> Iterator[AlignedFrames]:
-        """Frames 0..total-1 in order, aligned as they are decoded (the audio is not longer than the video)."""
-        produced = 0
-        for batch in _prefetch(source.batches(plan.face_batch)):
-            batch = batch[: total - produced]
-            yield AlignedFrames(batch, faces.align(batch))
-            produced += len(batch)
-            if produced >= total:
-                return
-
-    def _revisited(self, source: FrameSource, total: int, faces, plan: MemoryPlan, stack, report,
-                   should_cancel) -> Iterator[AlignedFrames]:
-        """Ping-pong looping: align every source frame once (in order, as the reference does), keep the frames
-        and face crops (RAM or disk cache) and the small geometry (RAM), then replay them by index."""
-        from .face import AlignedBatch, no_face_error
-
-        count, res = source.num_frames, self.models.resolution
-        keep_frames = not isinstance(source, ArraySource)  # in-RAM frames are indexed where they are
-        frames = stack.enter_context(FrameStore(count, (source.height, source.width, 3), plan.disk_cache,
-                                                self.options.cache_dir)) if keep_frames else None
-        crops = stack.enter_context(FrameStore(count, (3, res, res), plan.disk_cache, self.options.cache_dir))
-        affines, has_faces, anchors = [], [], []  # small: kept in RAM
-        position = 0
-        for batch in _prefetch(source.batches(plan.face_batch)):
-            _check_cancel(should_cancel)
-            aligned = faces.align(batch)
-            if frames is not None:
-                frames.write(position, batch)
-            crops.write(position, aligned.faces.cpu().numpy())
-            affines.append(aligned.affine)
-            has_faces.append(aligned.has_face)
-            anchors.append(aligned.anchors)
-            position += len(batch)
-            report("align faces", position, count)
-        affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
-        if not bool(has_face.any()):
-            raise no_face_error(count)
-        for start in range(0, total, plan.face_batch):
-            indices = [pingpong_index(i, count) for i in range(start, min(total, start + plan.face_batch))]
-            batch = frames.read(indices) if frames is not None else _frames_at(source, indices)
-            crop = torch.from_numpy(crops.read(indices)).to(faces.device)
-            yield AlignedFrames(batch, AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices]))
-
-    def _denoise(self, denoiser: LipSyncDenoiser, group: AlignedFrames, audio: torch.Tensor, on_step):
-        """Synced faces for a group of frames, or None when no frame of the group has a face. ``on_step(done,
-        steps)`` runs after every denoising step (progress, and cancellation within one step)."""
+    def _denoise(self, denoiser: LipSyncDenoiser, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
+        """Synced faces for a group, or None when no frame of it has a face. Out of memory: smaller batches, the
+        generator rewound to the group's start, the group redone (the same draws: the same result)."""
         has_face = group.aligned.has_face
         if not bool(has_face.any()):
             denoiser.skip(len(group.frames))
@@ -335,7 +415,60 @@ class LipSyncPipeline:
         face_pixels = _fill_missing_faces(group.aligned.faces, has_face)
         size = denoiser.settings.chunk_size
         chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, len(group.frames), size)]
-        return torch.cat(denoiser.run(chunks, on_step=on_step))
+        count = len(group.frames)
+
+        def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
+            self._check()
+            self.report("lip-sync", group.start + count * step / steps, self.num_frames)
+
+        while True:
+            state = denoiser.generator_state()
+            try:
+                return torch.cat(denoiser.run(chunks, on_step=on_step))
+            except RuntimeError as error:
+                if not is_oom(error):
+                    raise
+                denoiser.rewind(state)
+                plan = self._shrink("denoise", error)
+                denoiser.resize(plan.chunks_per_call, plan.vae_batch)
+
+    # -- stage 3: restore ------------------------------------------------------------------------------------
+
+    def _restored(self, groups: Iterator[Group]) -> Iterator[Group]:
+        faces = FaceStage(None, self.models.resolution, device=self.models.device)
+        for group in groups:
+            if group.synced is not None:
+                with self.times.measure("restore"):
+                    self._restore(faces, group)
+            yield group
+
+    def _restore(self, faces: FaceStage, group: Group) -> None:
+        """Paste the synced faces into the group's frames, in place, in sub-batches of the face batch."""
+        start = 0
+        while start < len(group.frames):
+            stop = start + self.plan.face_batch
+            part = group.frames[start:stop]
+            try:
+                faces.restore(part, group.synced[start:stop], group.aligned.slice(start, stop), out=part)
+            except RuntimeError as error:
+                if not is_oom(error):
+                    raise
+                self._shrink("face", error)
+                continue
+            start = stop
+
+    # -- shared ----------------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.stopping.is_set():
+            raise Stopped("the run is stopping")
+        _check_cancel(self.should_cancel)
+
+    def _shrink(self, stage: str, error: BaseException) -> MemoryPlan:
+        free_memory()
+        with self._plan_lock:
+            self.plan = smaller_batches(self.plan, stage, error)
+            return self.plan
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -345,27 +478,6 @@ def _scheduler_config() -> dict:
     import json
 
     return json.loads(SCHEDULER_CONFIG.read_text())
-
-
-class _StageClock:
-    """Adds the seconds spent in each stage to ``timings`` (a synchronising read on CUDA keeps it honest)."""
-
-    def __init__(self, timings: dict):
-        self.timings = timings
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.synchronize()
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
-
-    def next(self, stage: str, iterator):
-        with self(stage):
-            return next(iterator, None)
 
 
 def _waveform_and_rate(audio, samples: np.ndarray) -> tuple:
@@ -383,12 +495,6 @@ def _check_cancel(should_cancel) -> None:
         raise Cancelled("cancelled by the user; no output was written")
 
 
-def _frames_at(source: ArraySource, indices: list[int]) -> np.ndarray:
-    from .frames import to_uint8
-
-    return to_uint8(source.frames[indices])
-
-
 def _fill_missing_faces(faces: torch.Tensor, has_face: torch.Tensor) -> torch.Tensor:
     """Give frames without a face the nearest face of the group, so the chunk stays a coherent clip.
 
@@ -400,70 +506,3 @@ def _fill_missing_faces(faces: torch.Tensor, has_face: torch.Tensor) -> torch.Te
     positions = torch.arange(len(has_face))
     nearest = valid[(positions[:, None] - valid[None, :]).abs().argmin(dim=1)]
     return faces[nearest.to(faces.device)]
-
-
-def _regroup(batches: Iterator[AlignedFrames], size: int) -> Iterator[AlignedFrames]:
-    """Re-cut aligned batches into groups of exactly ``size`` frames (the last may be shorter)."""
-    pending: list[AlignedFrames] = []
-    count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += len(batch.frames)
-        while count >= size:
-            merged = _merge(pending)
-            yield _slice(merged, 0, size)
-            rest = _slice(merged, size, count)
-            pending, count = ([rest] if count > size else []), count - size
-    if count:
-        yield _merge(pending)
-
-
-def _merge(batches: list[AlignedFrames]) -> AlignedFrames:
-    if len(batches) == 1:
-        return batches[0]
-    frames = np.concatenate([b.frames for b in batches])
-    aligned = type(batches[0].aligned).concatenate([b.aligned for b in batches])
-    return AlignedFrames(frames, aligned)
-
-
-def _slice(batch: AlignedFrames, start: int, stop: int) -> AlignedFrames:
-    return AlignedFrames(batch.frames[start:stop], batch.aligned.slice(start, stop))
-
-
-def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run ``iterator`` in a background thread, at most ``depth`` items ahead (decoding overlaps compute)."""
-    import queue
-    import threading
-
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    finished = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(finished)
-        except BaseException as error:  # handed to the consumer
-            items.put(error)
-
-    thread = threading.Thread(target=produce, name="latentsync-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is finished:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)

@@ -1,10 +1,12 @@
 """The memory plan: profiles by GPU, overrides, disk-mode decision and the OOM back-off."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory, vram_cap,
-                                       with_oom_backoff)
+from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory, smaller_batches,
+                                       vram_cap)
 
 H100 = Hardware("cuda", "H100", 80 * GB, 79 * GB, (9, 0), 128 * GB, 100 * GB)
 RTX3060 = Hardware("cuda", "RTX 3060", 12 * GB, 11 * GB, (8, 6), 32 * GB, 20 * GB)
@@ -55,39 +57,22 @@ def test_bad_parameters_name_the_parameter(field, value):
         plan(CPU, **{field: value})
 
 
-def test_oom_halves_batches_then_succeeds():
-    seen = []
-
-    def attempt(current):
-        seen.append((current.chunks_per_call, current.vae_batch))
-        if len(seen) < 3:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return "done"
-
-    result, final = with_oom_backoff(plan(H100, optimization_level="aggressive"), attempt)
-    assert result == "done"
-    assert seen[1] == (seen[0][0] // 2, seen[0][1] // 2) and seen[2] == (max(1, seen[1][0] // 2), seen[1][1] // 2)
-    assert (final.chunks_per_call, final.vae_batch) == seen[2]
+def test_oom_halves_the_failing_stages_batches_only():
+    big = plan(H100, optimization_level="aggressive")
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    once = smaller_batches(big, "denoise", error)
+    assert (once.chunks_per_call, once.vae_batch) == (big.chunks_per_call // 2, big.vae_batch // 2)
+    assert once.face_batch == big.face_batch
+    faces = smaller_batches(big, "face", error)
+    assert faces.face_batch == big.face_batch // 2 and faces.vae_batch == big.vae_batch
 
 
 def test_oom_at_smallest_batch_fails_with_advice():
-    def attempt(current):
-        raise RuntimeError("CUDA error: out of memory")
-
+    smallest = replace(plan(GTX1660), chunks_per_call=1, vae_batch=1, face_batch=1)
     with pytest.raises(OutOfMemory, match="conservative"):
-        with_oom_backoff(plan(GTX1660), attempt)
-
-
-def test_other_errors_are_not_retried():
-    calls = []
-
-    def attempt(current):
-        calls.append(1)
-        raise RuntimeError("shape mismatch")
-
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        with_oom_backoff(plan(H100), attempt)
-    assert len(calls) == 1
+        smaller_batches(smallest, "denoise")
+    with pytest.raises(OutOfMemory, match="one frame at a time"):
+        smaller_batches(smallest, "face")
 
 
 def test_detects_this_machine():

@@ -117,6 +117,13 @@ class FaceStage:
         self.frames_seen = 0
         self.frames_without_face = 0
 
+    def snapshot(self) -> tuple:
+        """The state ``align`` carries from batch to batch; ``rewind`` to it to align a batch again."""
+        return self._bias, self.frames_seen, self.frames_without_face
+
+    def rewind(self, snapshot: tuple) -> None:
+        self._bias, self.frames_seen, self.frames_without_face = snapshot
+
     # ---------------------------------------------------------------------------------------------- align
 
     def affine_from_anchors(self, anchors: np.ndarray) -> torch.Tensor:
