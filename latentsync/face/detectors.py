@@ -227,8 +227,11 @@ class InsightFaceDetector(FaceDetector):
             self._det = det
             log.info("insightface buffalo_l loaded from %s (%s)", self.model_dir, det.get_providers()[0])
 
-    def _scrfd(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SCRFD.detect: letterbox to det_size, decode the distance predictions, NMS. Returns (K, 4), (K,)."""
+    def boxes(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every face box of a frame, as insightface's SCRFD.detect finds them (letterbox to det_size, distance
+        decoding, NMS), highest score first: boxes (K, 4) and scores (K,), float32 frame pixels."""
+        if self._det is None:
+            self._load()
         size_w, size_h = self.det_size
         h, w = img.shape[:2]
         if h / w > size_h / size_w:
@@ -238,8 +241,8 @@ class InsightFaceDetector(FaceDetector):
         scale = new_h / h
         canvas = np.zeros((size_h, size_w, 3), np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(img, (new_w, new_h))
-        blob = ((canvas[..., ::-1].astype(np.float32) - 127.5) * (1.0 / 128.0)).transpose(2, 0, 1)[None]
-        outs = self._det.run(None, {self._det_in: np.ascontiguousarray(blob)})
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (size_w, size_h), (127.5,) * 3, swapRB=True)
+        outs = self._det.run(None, {self._det_in: blob})
         outs = [o[0] if o.ndim == 3 else o for o in outs]
         all_scores, all_boxes = [], []
         for i, stride in enumerate(self._strides):
@@ -263,16 +266,20 @@ class InsightFaceDetector(FaceDetector):
         keep = _nms(boxes, scores, self.nms_thresh)
         return boxes[keep], scores[keep]
 
-    def _landmarks(self, img: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """insightface Landmark.get: centred square crop of 1.5 x the box, 106 points back in frame pixels."""
+    def landmarks(self, img: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The 106 landmarks of the face in ``box``, as insightface's Landmark.get: a centred square crop of 1.5 x
+        the box, the points mapped back to frame pixels. (106, 2) float32."""
+        if self._det is None:
+            self._load()
         size = self._lmk_size
         w, h = box[2] - box[0], box[3] - box[1]
-        cx, cy = (box[2] + box[0]) / 2, (box[3] + box[1]) / 2
-        s = size / (max(w, h) * 1.5)
-        m = np.array([[s, 0, size / 2 - cx * s], [0, s, size / 2 - cy * s]], np.float64)
+        s = size / (max(w, h) * 1.5)  # float32 arithmetic on the float32 box, as insightface's
+        cx, cy = (box[2] + box[0]) / 2 * s, (box[3] + box[1]) / 2 * s
+        # insightface composes the crop with skimage transforms: the translation is taken in float64
+        m = np.array([[s, 0, size / 2 - np.float64(cx)], [0, s, size / 2 - np.float64(cy)]], np.float64)
         crop = cv2.warpAffine(img, m, (size, size), borderValue=0.0)
-        blob = ((crop[..., ::-1].astype(np.float32) - self._lmk_mean) / self._lmk_std).transpose(2, 0, 1)[None]
-        pred = self._lmk.run(None, {self._lmk_in: np.ascontiguousarray(blob)})[0][0].reshape(-1, 2)
+        blob = cv2.dnn.blobFromImage(crop, 1.0 / self._lmk_std, (size, size), (self._lmk_mean,) * 3, swapRB=True)
+        pred = self._lmk.run(None, {self._lmk_in: blob})[0][0].reshape(-1, 2)
         pred = pred[-self._lmk_num:].copy()
         pred += 1
         pred *= size // 2
@@ -280,13 +287,11 @@ class InsightFaceDetector(FaceDetector):
         return (pred @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
     def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
-        if self._det is None:
-            self._load()
-        boxes, scores = self._scrfd(frame)
+        boxes, scores = self.boxes(frame)
         i = pick_face(boxes, scores)
         if i is None:
             return None
-        return anchors_from_landmarks(self._landmarks(frame, boxes[i]), BROW1_106, BROW2_106, NOSE_106)
+        return anchors_from_landmarks(self.landmarks(frame, boxes[i]), BROW1_106, BROW2_106, NOSE_106)
 
 
 def _nms(dets: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
