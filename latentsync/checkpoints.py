@@ -132,12 +132,37 @@ def locate(version: str = "1.6", checkpoints_dir: Folders = None,
                          whisper=found["whisper"], vae_dir=vae_dir)
 
 
+class DownloadError(RuntimeError):
+    """A download that was asked for could not be completed (offline, a failed transfer, a bad checksum)."""
+
+
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_online(*hosts: str) -> None:
+    """One quick check before a download, instead of minutes of retries: DownloadError when offline."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise DownloadError("offline (HF_HUB_OFFLINE=1 is set): unset it and run the download again, or copy the "
+                            "files into the checkpoints folder by hand")
+    unreachable = [host for host in hosts if not _reachable(host)]
+    if unreachable:
+        raise DownloadError(f"offline: {', '.join(unreachable)} cannot be reached; connect to the internet and run "
+                            "the download again, or copy the files into the checkpoints folder by hand")
+
+
 def download_missing(version: str, root: Path, unet: bool = True, whisper: bool = True, vae: bool = True,
                      buffalo: bool = False) -> None:
-    """Download the official files into ``root`` with huggingface_hub (resumable, with progress bars).
+    """Download the official files into ``root`` (resumable, with progress bars); only ever asked for explicitly.
 
-    Offline or failing downloads are logged and left for ``locate`` to report as missing.
-    """
+    Raises DownloadError with one sentence when offline or a file fails; a folder the download created is removed
+    again when nothing could be downloaded into it."""
     spec = get_version(version)
     jobs = []
     if unet:
@@ -146,40 +171,57 @@ def download_missing(version: str, root: Path, unet: bool = True, whisper: bool 
         jobs.append((spec.repo, WHISPER_FILE, root))
     if vae:
         jobs += [(VAE_REPO, name, root / "vae") for name in VAE_FILES]
-    for repo, filename, local_dir in jobs:
-        _hf_download(repo, filename, local_dir)
-    if buffalo:
-        download_buffalo(root)
-
-
-def _hf_download(repo: str, filename: str, local_dir: Path) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        log.info("offline (HF_HUB_OFFLINE=1): not downloading %s/%s", repo, filename)
-        return False
+    if not jobs and not buffalo:
+        return
+    require_online(*(["huggingface.co"] if jobs else []), *(["github.com"] if buffalo else []))
+    created = not root.exists()
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        log.warning("huggingface_hub is not installed: cannot download %s/%s", repo, filename)
-        return False
+        for repo, filename, local_dir in jobs:
+            _hf_download(repo, filename, local_dir)
+        if buffalo:
+            download_buffalo(root)
+    except BaseException:
+        if created and not any(p.is_file() and p.stat().st_size > 0 for p in root.rglob("*")):
+            shutil.rmtree(root, ignore_errors=True)  # only lock files and empty folders it made; partial data stays
+        raise
+
+
+def _hf_download(repo: str, filename: str, local_dir: Path) -> None:
+    from huggingface_hub import hf_hub_download
+
     try:
         log.info("downloading %s/%s to %s", repo, filename, local_dir)
         hf_hub_download(repo_id=repo, filename=filename, local_dir=str(local_dir))
-        return True
-    except Exception as error:  # offline, DNS, HTTP errors: all mean "not here"
-        log.warning("could not download %s/%s: %s", repo, filename, error)
-        return False
+    except Exception as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise DownloadError(f"downloading {repo}/{filename} failed ({detail}); run the download again to resume")
 
 
-def download_buffalo(root: Path) -> bool:
-    """InsightFace's buffalo_l (det_10g + 2d106det) from InsightFace's release, resumable, into BUFFALO_DIR."""
+# InsightFace's v0.7 release archive and the two models the 1.6 geometry needs (sha256).
+BUFFALO_ZIP_SHA256 = "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f"
+BUFFALO_SHA256 = {"det_10g.onnx": "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+                  "2d106det.onnx": "f001b856447c413801ef5c42091ed0cd516fcd21f2d6b79635b1e733a7109dbf"}
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_buffalo(root: Path) -> None:
+    """InsightFace's buffalo_l (det_10g + 2d106det) into BUFFALO_DIR: the release archive, resumable, checked
+    against its sha256 before it is opened, each model checked again before it takes its final name."""
     import urllib.request
     import zipfile
 
     target = root / BUFFALO_DIR
     if all((target / name).is_file() for name in BUFFALO_FILES):
-        return True
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
+        return
     target.mkdir(parents=True, exist_ok=True)
     partial = target.parent / "buffalo_l.zip.partial"
     try:
@@ -189,16 +231,23 @@ def download_buffalo(root: Path) -> bool:
             if done and response.status != 206:  # the server ignored the range: start over
                 out.truncate(0)
             shutil.copyfileobj(response, out, length=1 << 20)
-        with zipfile.ZipFile(partial) as archive:
-            for name in BUFFALO_FILES:
-                member = next(m for m in archive.namelist() if m.endswith(name))
-                with archive.open(member) as src, open(target / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+    except OSError as error:  # the partial file stays: the next run resumes it
+        raise DownloadError(f"downloading {BUFFALO_URL} failed ({error}); run the download again to resume")
+    if sha256_of(partial) != BUFFALO_ZIP_SHA256:
         partial.unlink()
-        return True
-    except Exception as error:  # offline or a broken archive: report, keep the partial file for resuming
-        log.warning("could not download buffalo_l from %s: %s", BUFFALO_URL, error)
-        return False
+        raise DownloadError(f"the buffalo_l archive from {BUFFALO_URL} does not have the published checksum (a "
+                            "broken or altered download) and was deleted; run the download again")
+    with zipfile.ZipFile(partial) as archive:
+        for name, expected in BUFFALO_SHA256.items():
+            member = next(m for m in archive.namelist() if m.endswith(name))
+            temp = target / f".{name}.partial"
+            with archive.open(member) as src, open(temp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if sha256_of(temp) != expected:
+                temp.unlink()
+                raise DownloadError(f"{name} in the buffalo_l archive does not have the published checksum")
+            os.replace(temp, target / name)
+    partial.unlink()
 
 
 def describe_file(path: Path) -> dict:
@@ -222,12 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--no-face-models", action="store_true", help="skip InsightFace buffalo_l")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = Path(args.dir)
-    download_missing(args.version, root, buffalo=not args.no_face_models)
+    root, spec = Path(args.dir), get_version(args.version)
+    face_models = not args.no_face_models and not all((root / BUFFALO_DIR / n).is_file() for n in BUFFALO_FILES)
     try:
+        download_missing(args.version, root, unet=_find(spec.unet_file, [root]) is None,
+                         whisper=_find(WHISPER_FILE, [root]) is None, vae=_vae_dir([root]) is None,
+                         buffalo=face_models)
         found = locate(args.version, root)
-    except MissingCheckpointError as error:
-        print(error, file=sys.stderr)
+    except (DownloadError, MissingCheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"LatentSync {args.version} checkpoints ready in {found.root}")
     return 0

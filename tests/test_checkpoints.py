@@ -1,6 +1,8 @@
 """Finding, downloading and reporting the weights (real tiny files, no network)."""
 
+import io
 import shutil
+import zipfile
 
 import pytest
 
@@ -95,6 +97,7 @@ def test_download_fetches_the_official_files_into_the_layout(tmp_path, tiny_set,
         return str(target)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(checkpoints, "_reachable", lambda host, timeout=5.0: True)  # the network's stand-in
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
     checkpoints.download_missing("1.6", tmp_path / "ckpt")
     found = locate("1.6", tmp_path / "ckpt")
@@ -111,3 +114,58 @@ def test_describe_file_flags_truncated_official_files(tmp_path):
     info = checkpoints.describe_file(small)
     assert info["present"] and not info["plausible"]
     assert checkpoints.describe_file(tmp_path / "nope.pt")["present"] is False
+
+
+def test_download_command_offline_says_so_once_fast_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked = []
+    monkeypatch.setattr(checkpoints, "_reachable", lambda host, timeout=5.0: asked.append(host) and False)
+    started = time.monotonic()
+    assert checkpoints.main(["download", "--dir", str(tmp_path / "typo")]) == 1
+    assert time.monotonic() - started < 5
+    error = capsys.readouterr().err.strip()
+    assert error.count("offline") == 1 and "\n" not in error and "huggingface.co" in error
+    assert not (tmp_path / "typo").exists() and asked == ["huggingface.co", "github.com"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert checkpoints.main(["download", "--dir", str(tmp_path / "typo")]) == 1
+    assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+class _Response(io.BytesIO):
+    status = 200
+
+
+def _buffalo_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("buffalo_l/det_10g.onnx", b"detector bytes")
+        archive.writestr("buffalo_l/2d106det.onnx", b"landmark bytes")
+        archive.writestr("buffalo_l/w600k_r50.onnx", b"not needed")
+    return buffer.getvalue()
+
+
+def test_buffalo_download_is_checked_against_the_published_checksums(tmp_path, monkeypatch):
+    import hashlib
+    import urllib.request
+
+    archive = _buffalo_zip()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=60: _Response(archive))
+    target = tmp_path / checkpoints.BUFFALO_DIR
+    with pytest.raises(checkpoints.DownloadError, match="published checksum"):  # not the real archive
+        checkpoints.download_buffalo(tmp_path)
+    assert sorted(p.name for p in target.parent.rglob("*") if p.is_file()) == []
+    digests = {"det_10g.onnx": hashlib.sha256(b"detector bytes").hexdigest(),
+               "2d106det.onnx": hashlib.sha256(b"landmark bytes").hexdigest()}
+    monkeypatch.setattr(checkpoints, "BUFFALO_ZIP_SHA256", hashlib.sha256(archive).hexdigest())
+    monkeypatch.setattr(checkpoints, "BUFFALO_SHA256", {**digests, "2d106det.onnx": "0" * 64})
+    with pytest.raises(checkpoints.DownloadError, match="2d106det.onnx"):  # a member that does not match
+        checkpoints.download_buffalo(tmp_path)
+    assert not (target / "2d106det.onnx").exists()
+    monkeypatch.setattr(checkpoints, "BUFFALO_SHA256", digests)
+    checkpoints.download_buffalo(tmp_path)
+    assert (target / "det_10g.onnx").read_bytes() == b"detector bytes"
+    assert (target / "2d106det.onnx").read_bytes() == b"landmark bytes"
+    assert sorted(p.name for p in target.parent.rglob("*") if p.is_file()) == ["2d106det.onnx", "det_10g.onnx"]
+
