@@ -129,6 +129,7 @@ class LatentSyncLipSync:
                 "images": ("IMAGE", {"tooltip": "Video frames already in RAM. Connect this or video."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.001,
                                   "tooltip": "Frame rate of the images input (a video keeps its own)."}),
+                "face": _widget("face"),
                 "face_detector": (list(FACE_DETECTORS), {"default": RUN["detector"].default,
                                                          "tooltip": RUN["detector"].help}),
                 "lip_focus": _widget("lip_focus"),
@@ -140,7 +141,7 @@ class LatentSyncLipSync:
 
     def lipsync(self, model, audio, seed, lips_expression, inference_steps, attention_mode, optimization_level,
                 vram_fraction, memory_mode, output_mode, enable_disk_cache, video=None, images=None, fps=25.0,
-                face_detector="auto", lip_focus=1.0, deepcache=False, unique_id=None, prompt=None):
+                face=0, face_detector="auto", lip_focus=1.0, deepcache=False, unique_id=None, prompt=None):
         from .latentsync.pipeline import Cancelled, LipSyncPipeline, PipelineOptions
 
         if output_mode not in OUTPUT_MODES:
@@ -150,7 +151,7 @@ class LatentSyncLipSync:
             attention=attention_mode, lip_focus=float(lip_focus), optimization_level=optimization_level,
             deepcache_interval=DEEPCACHE_PUBLISHED_INTERVAL if deepcache else 0, memory_mode=memory_mode,
             vram_fraction=float(vram_fraction), disk_cache=True if enable_disk_cache else None,
-            detector=face_detector, hard_vram_cap=not bridge.inside_comfyui())
+            face=int(face), detector=face_detector, hard_vram_cap=not bridge.inside_comfyui())
         want_frames = output_mode == "frames" or (
             output_mode == "auto" and bridge.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
         path, filename, subfolder = bridge.new_video_path() if output_mode != "frames" else (None, None, None)

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(parser, "--memory-mode", "memory_mode")
     _option(parser, "--vram-fraction", "vram_fraction")
     parser.add_argument("--disk-cache", choices=list(DISK_CACHE_CHOICES), default="auto", help=RUN["disk_cache"].help)
+    _option(parser, "--face", "face", metavar="N")
     _option(parser, "--detector", "detector")
     parser.add_argument("--precision", choices=LOAD["precision"].choices, default=LOAD["precision"].default,
                         help=LOAD["precision"].help)

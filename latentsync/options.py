@@ -63,6 +63,10 @@ RUN = {
                            step=0.05),
     "disk_cache": Param("enable_disk_cache", None, "Keep revisited frames in a disk cache (True), in RAM (False), "
                         "or let the memory plan decide (None).", choices=(None, True, False)),
+    "face": Param("face", 0, "Which face to sync when there are several: 0 = the largest in each frame (the "
+                  "published rule; it can jump between two people of the same size), N = the N-th face from the "
+                  "left where it first appears, followed through the clip (frames without it pass through).",
+                  min=0, max=16),
     "detector": Param("face_detector", "auto", "insightface (buffalo_l: the published geometry), dlib (offline; "
                       "close, not identical), or auto (insightface when its models are present, else dlib).",
                       choices=FACE_DETECTORS),

@@ -56,6 +56,7 @@ class PipelineOptions:
     memory_mode: str = RUN["memory_mode"].default
     vram_fraction: float = RUN["vram_fraction"].default
     disk_cache: bool | None = RUN["disk_cache"].default  # None: the memory plan decides
+    face: int = RUN["face"].default  # 0: the largest in each frame (published); N: the N-th from the left
     detector: str = RUN["detector"].default
     # False inside a host that owns VRAM policy (ComfyUI): vram_fraction then only sizes the batches
     hard_vram_cap: bool = True
@@ -257,6 +258,7 @@ class SyncedFrames:
         self.times = StageTimes()
         self.stopping = threading.Event()
         self.frames_with_face = 0
+        self._faces: FaceStage | None = None  # the align stage's, for its choice statistics
         self._plan_lock = threading.Lock()
         self._started = time.perf_counter()
         self._done = False
@@ -275,6 +277,10 @@ class SyncedFrames:
         if without:
             log.warning("%d of %d frames had no usable face and were passed through unchanged", without,
                         self.num_frames)
+        close_calls = getattr(self._faces.chooser, "close_calls", 0) if self._faces is not None else 0
+        if close_calls:
+            log.warning("%d frames had two faces of nearly the same size: the largest-face choice can jump between "
+                        "them; choose one with face = 1 (the leftmost), 2, ...", close_calls)
         return RunResult(output_path, self.num_frames, self.fps, without, self.plan, seconds)
 
     def _synced(self) -> Iterator[np.ndarray]:
@@ -300,8 +306,8 @@ class SyncedFrames:
     # -- stage 1: decode -> detect / align -------------------------------------------------------------------
 
     def _aligned(self, pool: BufferPool, size: int) -> Iterator[Group]:
-        faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
-                          device=self.models.device)
+        faces = self._faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
+                                        device=self.models.device, face=self.options.face)
         if self.num_frames > self.source.num_frames:
             yield from self._revisited(faces, pool, size)
             return

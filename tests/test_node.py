@@ -474,3 +474,16 @@ def test_results_go_to_numbered_files_inside_their_folder(package, comfyui, monk
     monkeypatch.setenv("LATENTSYNC_OUTPUT_DIR", str(tmp_path / "out"))
     path, name, _ = bridge.new_video_path()
     assert path.parent == (tmp_path / "out" / "latentsync").resolve() and name == "LatentSync_00001_.mp4"
+
+
+def test_face_choice_reaches_the_pipeline(package, node_env, short_clip):
+    """Two faces side by side (the clip beside its mirror image): face 1 changes the left one only."""
+    import torch
+
+    images, _, audio, fps = short_clip
+    two = torch.cat([images, images.flip(2)], dim=2)
+    frames = run_node(package, load_model(package), audio, images=two, fps=fps, output_mode="frames",
+                      face=1)["result"][2]
+    width = images.shape[2]
+    assert torch.equal(frames[:, :, width:], two[:, :, width:])  # the right face: untouched
+    assert not torch.equal(frames[:, :, :width], two[:, :, :width])

@@ -40,19 +40,27 @@ BROW2_68 = list(range(22, 27))
 NOSE_68 = [28, 29, 30]
 
 
-def pick_face(boxes: np.ndarray, scores: np.ndarray, min_w: int = 50, min_h: int = 80,
-              aspect: tuple[float, float] = (0.2, 1.5), min_score: float = 0.5) -> int | None:
-    """The reference's choice: the largest (int-truncated) box with w >= min_w, h >= min_h,
-    aspect w/h within ``aspect`` and score >= min_score; None when none qualifies."""
-    best, best_area = None, 0
+def usable_faces(boxes: np.ndarray, scores: np.ndarray, min_w: int = 50, min_h: int = 80,
+                 aspect: tuple[float, float] = (0.2, 1.5), min_score: float = 0.5) -> list[int]:
+    """Indices of the boxes the reference accepts: (int-truncated) w >= min_w, h >= min_h, aspect w/h within
+    ``aspect``, score >= min_score."""
+    kept = []
     for i, (box, score) in enumerate(zip(boxes, scores)):
         x1, y1, x2, y2 = box.astype(np.int_).tolist()
         w, h = x2 - x1, y2 - y1
-        if w < min_w or h < min_h or not aspect[0] <= w / h <= aspect[1] or score < min_score:
-            continue
-        if w * h > best_area:
-            best, best_area = i, w * h
-    return best
+        if w >= min_w and h >= min_h and aspect[0] <= w / h <= aspect[1] and score >= min_score:
+            kept.append(i)
+    return kept
+
+
+def _area(box: np.ndarray) -> int:
+    x1, y1, x2, y2 = box.astype(np.int_).tolist()
+    return (x2 - x1) * (y2 - y1)
+
+
+def pick_face(boxes: np.ndarray, scores: np.ndarray, min_h: int = 80) -> int | None:
+    """The reference's choice: the largest usable box (the first of equal ones); None when none is usable."""
+    return LargestFace().choose(boxes, usable_faces(boxes, scores, min_h=min_h))
 
 
 def anchors_from_landmarks(lmk: np.ndarray, brow1, brow2, nose) -> np.ndarray:
@@ -63,9 +71,13 @@ def anchors_from_landmarks(lmk: np.ndarray, brow1, brow2, nose) -> np.ndarray:
 
 
 class FaceDetector(ABC):
-    """detect(frames uint8 (N, H, W, 3) RGB) -> list of (3, 2) float anchors or None, one per frame."""
+    """detect(frames uint8 (N, H, W, 3) RGB) -> list of (3, 2) float anchors or None, one per frame.
+
+    A backend finds every face box of a frame (``boxes``) and the anchors of one box (``anchors``); which box a
+    frame uses is the reference's rule (the largest usable one) unless a ``FaceTracker`` chooses."""
 
     name = "base"
+    min_height = 80  # the reference's minimum box height for this backend's boxes
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or min(8, os.cpu_count() or 1)
@@ -77,18 +89,36 @@ class FaceDetector(ABC):
         """(usable here, reason)."""
 
     @abstractmethod
-    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
-        """Anchors for one RGB uint8 frame (H, W, 3)."""
+    def boxes(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every face box (K, 4) x1 y1 x2 y2 and its score (K,) in one RGB uint8 frame (H, W, 3)."""
 
-    def detect(self, frames) -> list[np.ndarray | None]:
+    @abstractmethod
+    def anchors(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The three anchor points (3, 2) of the face in ``box``."""
+
+    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
+        """Anchors of the reference's face (the largest usable one) in one frame, or None."""
+        return self.detect(frame[None])[0]
+
+    def detect(self, frames, chooser: "LargestFace | FaceTracker | None" = None) -> list[np.ndarray | None]:
+        """Anchors per frame of the face ``chooser`` picks among the usable ones (default: the largest, the
+        reference's rule); the chooser sees the frames in order."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"detect expects uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
-        if len(frames) <= 1 or self.workers <= 1:
-            return [self.detect_one(f) for f in frames]
+        chooser = chooser or LargestFace()
+        chosen = []
+        for boxes, scores in self._map(self.boxes, frames):  # boxes in parallel, the choice in frame order
+            pick = chooser.choose(boxes, usable_faces(boxes, scores, min_h=self.min_height))
+            chosen.append(None if pick is None else boxes[pick])
+        return self._map(lambda item: None if item[1] is None else self.anchors(*item), list(zip(frames, chosen)))
+
+    def _map(self, work, items) -> list:
+        if len(items) <= 1 or self.workers <= 1:
+            return [work(item) for item in items]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"face-{self.name}")
-        return list(self._pool.map(self.detect_one, frames))
+        return list(self._pool.map(work, items))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -286,12 +316,8 @@ class InsightFaceDetector(FaceDetector):
         inv = cv2.invertAffineTransform(m)
         return (pred @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
-    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
-        boxes, scores = self.boxes(frame)
-        i = pick_face(boxes, scores)
-        if i is None:
-            return None
-        return anchors_from_landmarks(self.landmarks(frame, boxes[i]), BROW1_106, BROW2_106, NOSE_106)
+    def anchors(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        return anchors_from_landmarks(self.landmarks(frame, box), BROW1_106, BROW2_106, NOSE_106)
 
 
 def _nms(dets: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
@@ -328,6 +354,7 @@ class DlibDetector(FaceDetector):
     insightface boxes, so the minimum height is scaled to 64 px; other filters as the reference."""
 
     name = "dlib"
+    min_height = 64  # dlib's square boxes are ~0.8x the height of insightface's
 
     def __init__(self, max_side: int = 640, workers: int | None = None):
         super().__init__(workers)
@@ -355,25 +382,85 @@ class DlibDetector(FaceDetector):
             det = self._local.det = self._dlib.get_frontal_face_detector()
         return det
 
-    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
+    def boxes(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = frame.shape[:2]
         s = min(1.0, self.max_side / max(h, w))
         small = frame if s == 1.0 else cv2.resize(frame, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         small = np.ascontiguousarray(small)
         det = self._detector()
-        rects, scores, _ = det.run(small, 0, 0.0)
+        rects, _, _ = det.run(small, 0, 0.0)
         if len(rects) == 0:
-            rects, scores, _ = det.run(small, 1, 0.0)
-        if len(rects) == 0:
-            return None
+            rects, _, _ = det.run(small, 1, 0.0)
         boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], np.float64) / s
-        i = pick_face(boxes, np.ones(len(boxes)), min_h=64)
-        if i is None:
-            return None
-        x1, y1, x2, y2 = np.round(boxes[i]).astype(int).tolist()
+        return boxes.reshape(-1, 4), np.ones(len(boxes))  # HOG scores are not probabilities: every box counts
+
+    def anchors(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        x1, y1, x2, y2 = np.round(box).astype(int).tolist()
         shape = self._predictor(np.ascontiguousarray(frame), self._dlib.rectangle(x1, y1, x2 - 1, y2 - 1))
         lmk = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
         return anchors_from_landmarks(lmk, BROW1_68, BROW2_68, NOSE_68)
+
+
+# ------------------------------------------------------------------------------------------------- face choice
+
+
+class LargestFace:
+    """The reference's choice: the largest usable face of each frame (the first of equal ones). Counts the frames
+    where another face is nearly as large, where that choice can jump from one person to the other."""
+
+    def __init__(self):
+        self.close_calls = 0
+
+    def choose(self, boxes: np.ndarray, usable: list[int]) -> int | None:
+        areas = sorted((_area(boxes[i]) for i in usable), reverse=True)
+        if len(areas) > 1 and areas[1] >= 0.9 * areas[0]:
+            self.close_calls += 1
+        best, best_area = None, 0
+        for i in usable:
+            if _area(boxes[i]) > best_area:
+                best, best_area = i, _area(boxes[i])
+        return best
+
+    def state(self):
+        return self.close_calls
+
+    def restore(self, state) -> None:
+        self.close_calls = state
+
+
+class FaceTracker:
+    """Follows one person through a clip: the ``index``-th usable face from the left (1 = leftmost) in the first
+    frame that has that many, then in each frame the usable face nearest to where it was last seen, when its centre
+    moved less than half that face's size; otherwise the frame has no chosen face (it passes through unchanged)."""
+
+    def __init__(self, index: int):
+        if index < 1:
+            raise ValueError(f"a face position counts from 1 (the leftmost face), got {index}")
+        self.index = index
+        self.last: np.ndarray | None = None  # the followed face's last box
+
+    def choose(self, boxes: np.ndarray, usable: list[int]) -> int | None:
+        if not usable:
+            return None
+        candidates = boxes[usable]
+        centres = (candidates[:, :2] + candidates[:, 2:]) / 2
+        if self.last is None:
+            if len(usable) < self.index:
+                return None
+            pick = int(np.argsort(centres[:, 0], kind="stable")[self.index - 1])
+        else:
+            distances = np.linalg.norm(centres - (self.last[:2] + self.last[2:]) / 2, axis=1)
+            pick = int(np.argmin(distances))
+            if distances[pick] > 0.5 * max(self.last[2] - self.last[0], self.last[3] - self.last[1]):
+                return None
+        self.last = candidates[pick].copy()
+        return usable[pick]
+
+    def state(self):
+        return None if self.last is None else self.last.copy()
+
+    def restore(self, state) -> None:
+        self.last = state
 
 
 # ---------------------------------------------------------------------------------------------------- factory

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .detectors import FaceDetector
+from .detectors import FaceDetector, FaceTracker, LargestFace
 from .geometry import (FILL_VALUE, CropGeometry, fp16_round, invert_affine, min_filter, resize_lanczos4_u8,
                        similarity_from_points, smooth_translation, transform_points)
 
@@ -95,8 +95,10 @@ class FaceStage:
     call (frames must arrive in order); ``reset`` starts a new clip."""
 
     def __init__(self, detector: FaceDetector | None, resolution: int = 512, device="cpu",
-                 fp16_matrices: bool = True, roi_warp: bool | None = None):
+                 fp16_matrices: bool = True, roi_warp: bool | None = None, face: int = 0):
         self.detector = detector
+        self.face = face  # 0 = the largest of each frame (the reference), N = the N-th from the left, followed
+        self.chooser = FaceTracker(face) if face else LargestFace()
         self.geometry = CropGeometry(resolution)
         self.resolution = resolution
         self.device = torch.device(device)
@@ -116,13 +118,15 @@ class FaceStage:
         self._bias = None
         self.frames_seen = 0
         self.frames_without_face = 0
+        self.chooser = FaceTracker(self.face) if self.face else LargestFace()
 
     def snapshot(self) -> tuple:
         """The state ``align`` carries from batch to batch; ``rewind`` to it to align a batch again."""
-        return self._bias, self.frames_seen, self.frames_without_face
+        return self._bias, self.frames_seen, self.frames_without_face, self.chooser.state()
 
     def rewind(self, snapshot: tuple) -> None:
-        self._bias, self.frames_seen, self.frames_without_face = snapshot
+        self._bias, self.frames_seen, self.frames_without_face, chooser = snapshot
+        self.chooser.restore(chooser)
 
     # ---------------------------------------------------------------------------------------------- align
 
@@ -140,7 +144,8 @@ class FaceStage:
         if anchors is None:
             if self.detector is None:
                 raise ValueError("FaceStage has no detector; pass anchors to align().")
-            anchors = self.detector.detect(frames if not isinstance(frames, torch.Tensor) else frames.cpu().numpy())
+            anchors = self.detector.detect(frames if not isinstance(frames, torch.Tensor) else frames.cpu().numpy(),
+                                           self.chooser)
         has = np.array([a is not None for a in anchors], dtype=bool)
         pts = np.full((n, 3, 2), np.nan)
         if has.any():
