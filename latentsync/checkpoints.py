@@ -59,6 +59,8 @@ OFFICIAL_MIN_BYTES = {"latentsync_unet.pt": 4_000_000_000, "tiny.pt": 70_000_000
 class MissingCheckpointError(FileNotFoundError):
     """A weight file is absent and could not be downloaded."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 @dataclass(frozen=True)
 class CheckpointSet:
@@ -134,6 +136,8 @@ def locate(version: str = "1.6", checkpoints_dir: Folders = None,
 
 class DownloadError(RuntimeError):
     """A download that was asked for could not be completed (offline, a failed transfer, a bad checksum)."""
+
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 def _reachable(host: str, timeout: float = 5.0) -> bool:

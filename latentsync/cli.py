@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .checkpoints import VERSIONS
 
-from .options import LOAD, RUN
+from .options import LOAD, RUN, check_all
 
 RESOLUTION_TO_VERSION = {str(v.resolution): name for name, v in VERSIONS.items()}
 DISK_CACHE_CHOICES = {"auto": None, "on": True, "off": False}
@@ -77,17 +77,40 @@ class TqdmProgress:
             bar.close()
 
 
+def check_arguments(args) -> None:
+    """Every path and value, checked before anything heavy: one sentence naming the flag and the fix."""
+    import os
+
+    from .checkpoints import download_command
+
+    for flag in ("video", "audio"):
+        if not Path(getattr(args, flag)).is_file():
+            raise FileNotFoundError(f"--{flag}: no such file: {getattr(args, flag)}")
+    if args.unet_config and not Path(args.unet_config).is_file():
+        raise FileNotFoundError(f"--unet-config: no such file: {args.unet_config}")
+    if args.checkpoints and not Path(args.checkpoints).is_dir():
+        command = download_command(RESOLUTION_TO_VERSION[args.resolution], Path(args.checkpoints))
+        raise FileNotFoundError(f"--checkpoints: no such folder: {args.checkpoints}; check the path, or download the "
+                                f"weights there with: {command}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder: give a file name, such as {out / 'synced.mp4'}")
+    folder = next(p for p in [out.resolve().parent, *out.resolve().parents] if p.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out: the folder {folder} is not writable: choose another output path or make it "
+                              "writable")
+    check_all(RUN, {name: getattr(args, name) for name in RUN if name != "disk_cache"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     progress = TqdmProgress(not args.quiet)
     try:
+        check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
         from .pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 
-        for name in ("video", "audio"):
-            if not Path(getattr(args, name)).is_file():
-                raise FileNotFoundError(f"{name} file not found: {getattr(args, name)}")
         options = PipelineOptions(**{name: getattr(args, name) for name in RUN if name != "disk_cache"},
                                   disk_cache=DISK_CACHE_CHOICES[args.disk_cache])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,8 @@ def log_memory(stage: str) -> dict:
 class OutOfMemory(RuntimeError):
     """Even the smallest batch did not fit."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()

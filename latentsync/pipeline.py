@@ -41,6 +41,8 @@ PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch
 class Cancelled(Exception):
     """The user cancelled the run; nothing was written."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 @dataclass
 class PipelineOptions:

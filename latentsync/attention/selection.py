@@ -46,6 +46,8 @@ AUTO_MARGIN = 0.9
 class BackendUnavailableError(RuntimeError):
     """The requested attention backend cannot run here; the message says why and what can."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 _disabled_override: set[str] = set()
 _probe_cache: dict = {}

@@ -38,6 +38,8 @@ _MEL_BLOCK_FRAMES = 30000  # 5 minutes of mel frames per STFT block
 class WhisperCheckpointError(ValueError):
     """A Whisper checkpoint that cannot be used (unreadable, wrong format, wrong tensors)."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 def _whisper():
     try:
@@ -106,6 +108,11 @@ def _read_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        if "weights only load failed" in str(error).lower():  # torch's own text suggests an unsafe load: not ours
+            raise WhisperCheckpointError(
+                f"Whisper checkpoint {path} holds Python objects besides its weights, which are never loaded here "
+                "(they could run code): use the official openai-whisper tiny.pt, e.g. python -m "
+                "latentsync.checkpoints download") from None
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WhisperCheckpointError(f"Whisper checkpoint {path} could not be read ({type(error).__name__}: "
                                      f"{detail}); it is corrupt or not an openai-whisper .pt file: download it "

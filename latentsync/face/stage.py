@@ -27,6 +27,8 @@ log = logging.getLogger("latentsync.face")
 class NoFaceError(RuntimeError):
     """No usable face anywhere in the input."""
 
+    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
+
 
 def no_face_error(num_frames: int, source: str = "the video") -> NoFaceError:
     return NoFaceError(
