@@ -72,8 +72,8 @@ def detector_report(root: Path) -> dict:
 
 
 def checkpoint_report(version: str, folder: str | None, unet_config: str | None = None) -> dict:
-    from latentsync.checkpoints import (BUFFALO_DIR, VAE_FILES, WHISPER_FILE, describe_file, get_version,
-                                        search_dirs)
+    from latentsync.checkpoints import (BUFFALO_DIR, BUFFALO_FILES, VAE_FILES, WHISPER_FILE, describe_file,
+                                        get_version, search_dirs)
     from latentsync.models.loading import check_unet_file, load_unet_config
 
     spec = get_version(version)
@@ -88,9 +88,21 @@ def checkpoint_report(version: str, folder: str | None, unet_config: str | None 
         from latentsync.audio import WhisperEncoder
 
         files["whisper"]["loadable"] = _loadable(lambda: WhisperEncoder.from_checkpoint(root / WHISPER_FILE))
-    buffalo = root / BUFFALO_DIR
-    files["buffalo_l"] = {"path": str(buffalo), "present": buffalo.is_dir() and any(buffalo.glob("*.onnx"))}
+    if all(files[f"vae/{name}"]["present"] for name in VAE_FILES):  # every file it reports is really read
+        from latentsync.vae import load_vae
+
+        files[f"vae/{VAE_FILES[-1]}"]["loadable"] = _loadable(lambda: load_vae(root / "vae"))
+    for name in BUFFALO_FILES:  # the face models: optional (dlib stands in), but checked when present
+        info = files[f"buffalo_l/{name}"] = describe_file(root / BUFFALO_DIR / name)
+        if info["present"]:
+            info["loadable"] = _loadable(lambda path=root / BUFFALO_DIR / name: _onnx_session(path))
     return {"root": str(root), "version": version, "files": files}
+
+
+def _onnx_session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _loadable(check) -> bool | str:
@@ -122,8 +134,8 @@ def problems(report: dict) -> list[str]:
         found.append(f"checkpoints could not be checked: {checkpoints['error']}")
     else:
         for name, info in checkpoints["files"].items():
-            if name == "buffalo_l":
-                continue
+            if name.startswith("buffalo_l/") and not info["present"]:
+                continue  # optional: without it the dlib detector stands in (the detectors section says so)
             if not info["present"] or info.get("loadable", True) is not True:
                 why = "missing" if not info["present"] else f"not loadable ({info['loadable']})"
                 found.append(f"checkpoint {info['path']} {why}: run python -m latentsync.checkpoints download "
@@ -134,6 +146,7 @@ def problems(report: dict) -> list[str]:
 def build_report(version: str, folder: str | None, unet_config: str | None = None) -> dict:
     report = {"torch": _section("torch", torch_report)}
     device = "cuda" if report["torch"].get("cuda_available") else "cpu"
+    report["runs_on"] = device
     report["attention"] = _section("attention", lambda: attention_report(device))
     report["ffmpeg"] = _section("ffmpeg", ffmpeg_report)
     report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder, unet_config))
@@ -180,6 +193,9 @@ def print_table(report: dict) -> None:
                 state += ", loads" if info["loadable"] is True else f", DOES NOT LOAD: {info['loadable']}"
             print(f"    {name:<40} {state}")
     print()
+    if report.get("runs_on") == "cpu":
+        print("No GPU is usable here: the models would run on the CPU, minutes for every second of video. Install "
+              "a CUDA build of torch for your GPU (pytorch.org) if this machine has one.\n")
     if report["ok"]:
         print("Everything the default path needs works here.")
     else:

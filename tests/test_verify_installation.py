@@ -53,3 +53,21 @@ def test_missing_and_mismatched_checkpoints_fail_with_the_fix(tiny_set, tmp_path
     assert "does not match the LatentSync UNet config" in done.stdout
     assert f"python -m latentsync.checkpoints download --version 1.6 --dir {broken}" in done.stdout
     assert "attention backend" in done.stdout and "standard" in done.stdout
+
+
+def test_a_truncated_vae_is_reported_and_no_gpu_is_said_plainly(tiny_set, tmp_path):
+    import torch
+
+    folder, config = tiny_set
+    broken = tmp_path / "truncated"
+    shutil.copytree(folder, broken)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = run("--checkpoints", broken, "--unet-config", config)
+    assert done.returncode == 1
+    assert "DOES NOT LOAD" in done.stdout and f"{weights} not loadable" in done.stdout
+    assert "Everything the default path needs works here" not in done.stdout
+    if torch.cuda.is_available():
+        assert "No GPU is usable here" not in done.stdout
+    else:
+        assert "No GPU is usable here: the models would run on the CPU" in done.stdout
