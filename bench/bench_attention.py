@@ -10,7 +10,7 @@ Defaults: CPU: float32, level 0, 1 frame; CUDA: float16 + bfloat16, levels 0-3, 
 Each backend is timed in the same run as ``standard`` (the baseline): ``speedup`` = standard time / time.
 ``flex+lip2`` is flex with lip_focus=2 (the mouth bias on spatial_self) to show the cost of the score_mod.
 With CUDA and latentsync.models.unet present, also a full-size UNet forward (random weights,
-configs/unet/stage2_512.yaml) per backend (skip with --no-unet).
+latentsync/configs/unet/stage2_512.yaml) per backend (skip with --no-unet).
 
     python bench/bench_attention.py [--levels 0,1] [--frames 16] [--reps 5] [--dtypes float16]
 """

@@ -7,7 +7,7 @@ Runs the demo clip through the real pipeline twice in one process: a baseline co
 one (standard attention, one 16-frame chunk per UNet call, conservative batches) and the default configuration
 (auto attention, the memory plan's batches). Reports per-stage seconds, UNet denoise frames/s, end-to-end
 frames/s and peak VRAM for each, and the speed-ups. Weights are random (speed does not depend on them); the
-models are built in memory from configs/unet/*.yaml, the sd-vae-ft-mse config and Whisper tiny's dimensions.
+models are built in memory from latentsync/configs/unet/*.yaml, the sd-vae-ft-mse config and Whisper tiny's dimensions.
 ``--size tiny`` uses the tiny test models instead (a smoke run for machines without a GPU).
 """
 

@@ -9,8 +9,9 @@ Layout of a checkpoints folder (the published LatentSync layout plus the VAE and
     auxiliary/models/buffalo_l/*.onnx                             InsightFace buffalo_l (1.6 face geometry)
 
 Folders searched, first match wins: the folders a front names (the CLI's --checkpoints; in ComfyUI the
-``latentsync`` model folders, extra_model_paths.yaml included), $LATENTSYNC_CHECKPOINTS, and this package's
-``checkpoints/``. Nothing is downloaded unless asked for (``python -m latentsync.checkpoints download``).
+``latentsync`` model folders, extra_model_paths.yaml included), $LATENTSYNC_CHECKPOINTS, and the default folder
+(a checkout's ``checkpoints/``, or ~/.cache/latentsync/checkpoints for an installed package). Nothing is
+downloaded unless asked for (``python -m latentsync.checkpoints download``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from typing import Sequence, Union
 log = logging.getLogger("latentsync.checkpoints")
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PACKAGE_ROOT / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCHEDULER_CONFIG = CONFIG_DIR / "scheduler_config.json"
+# A checkout (the ComfyUI pack, the README's quick start) keeps its weights in its own checkpoints/; an installed
+# package in the user's cache.
+DEFAULT_CHECKPOINTS = (PACKAGE_ROOT / "checkpoints" if (PACKAGE_ROOT / "nodes.py").is_file()
+                       else Path.home() / ".cache" / "latentsync" / "checkpoints")
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
@@ -86,7 +91,7 @@ def search_dirs(explicit: Folders = None) -> list[Path]:
     """The folders searched, in order: ``explicit`` (one folder or several), $LATENTSYNC_CHECKPOINTS, the package's
     ``checkpoints/``."""
     named = [explicit] if isinstance(explicit, (str, os.PathLike)) else list(explicit or [])
-    candidates = [*named, os.environ.get("LATENTSYNC_CHECKPOINTS"), PACKAGE_ROOT / "checkpoints"]
+    candidates = [*named, os.environ.get("LATENTSYNC_CHECKPOINTS"), DEFAULT_CHECKPOINTS]
     dirs: list[Path] = []
     for candidate in candidates:
         if candidate and Path(candidate) not in dirs:
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     get = sub.add_parser("download", help="download the official checkpoints (resumable)")
     get.add_argument("--version", default="1.6", choices=sorted(VERSIONS))
-    get.add_argument("--dir", default=str(PACKAGE_ROOT / "checkpoints"))
+    get.add_argument("--dir", default=str(DEFAULT_CHECKPOINTS))
     get.add_argument("--no-face-models", action="store_true", help="skip InsightFace buffalo_l")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", required=True, help="speech track (wav, mp3, m4a, ... or a video with audio)")
     parser.add_argument("--out", required=True, help="output .mp4 (written atomically when complete)")
     parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
-                        help="512 = LatentSync 1.6, 256 = LatentSync 1.5 (default 512)")
+                        help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = LatentSync "
+                             "1.5 (default 512)")
     _option(parser, "--steps", "steps")
     _option(parser, "--seed", "seed")
     _option(parser, "--guidance", "guidance_scale")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         models = LipSyncModels.load(RESOLUTION_TO_VERSION[args.resolution], args.checkpoints,
                                     unet_config=args.unet_config, device=args.device, precision=args.precision,
-                                    progress=progress)
+                                    resolution=int(args.resolution), progress=progress)
         result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()

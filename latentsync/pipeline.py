@@ -97,12 +97,14 @@ class LipSyncModels:
     @classmethod
     def load(cls, version: str = LOAD["version"].default, checkpoint_dirs=None, *, unet_config=None,
              device: str | torch.device | None = None, precision: str = LOAD["precision"].default,
-             weights_device: str | torch.device | None = None, progress: Progress | None = None) -> "LipSyncModels":
+             weights_device: str | torch.device | None = None, resolution: int | None = None,
+             progress: Progress | None = None) -> "LipSyncModels":
         """Find the checkpoints (no download: a missing file is one sentence with the download command) and load
         the UNet, VAE and Whisper encoder for ``device`` (default: the best one here) in ``precision``.
 
         ``weights_device``: where the weights are put now (default ``device``); a host that moves them to the
-        compute device itself when a run starts (ComfyUI's model management) loads them on its offload device."""
+        compute device itself when a run starts (ComfyUI's model management) loads them on its offload device.
+        ``resolution``: the face size in pixels (default: the UNet config's ``data.resolution``)."""
         from .audio import WhisperEncoder
         from .models.loading import load_unet, load_unet_config
         from .vae import load_vae
@@ -110,7 +112,8 @@ class LipSyncModels:
         check_all(LOAD, {"version": version, "precision": precision})
         found = locate(version, checkpoint_dirs, unet_config=unet_config)
         config = yaml.safe_load(Path(found.unet_config).read_text())
-        resolution, chunk_size = int(config["data"]["resolution"]), int(config["data"]["num_frames"])
+        chunk_size = int(config["data"]["num_frames"])
+        resolution = int(config["data"]["resolution"]) if resolution is None else int(resolution)
         hardware = detect_hardware(None if device is None else str(device))
         dtype = PRECISION_DTYPES.get(precision) or plan_memory(
             hardware, resolution=resolution, source_frames=0, frame_shape=(0, 0), revisits=False).dtype

@@ -47,6 +47,9 @@ def test_offline_missing_file_names_path_and_download_command(tmp_path, tiny_set
 
 def test_version_15_lives_in_its_own_folder(tmp_path, tiny_set):
     shutil.copytree(tiny_set[0], tmp_path / "ckpt")
+    found = locate("1.5", tmp_path / "ckpt")  # the tiny set has both layouts
+    assert found.unet == tmp_path / "ckpt" / "1.5" / "latentsync_unet.pt"
+    shutil.rmtree(tmp_path / "ckpt" / "1.5")
     with pytest.raises(MissingCheckpointError, match=r"1\.5/latentsync_unet\.pt"):
         locate("1.5", tmp_path / "ckpt")
     (tmp_path / "ckpt" / "1.5").mkdir()
@@ -59,7 +62,7 @@ def test_version_15_lives_in_its_own_folder(tmp_path, tiny_set):
 def test_search_order_named_folders_then_env_then_package(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTSYNC_CHECKPOINTS", str(tmp_path / "env"))
     assert search_dirs(tmp_path / "explicit") == [tmp_path / "explicit", tmp_path / "env",
-                                                  checkpoints.PACKAGE_ROOT / "checkpoints"]
+                                                  checkpoints.DEFAULT_CHECKPOINTS]
     # several folders (ComfyUI's latentsync model folders, extra_model_paths.yaml included), in their order
     several = search_dirs([tmp_path / "a", str(tmp_path / "b")])
     assert several[:3] == [tmp_path / "a", tmp_path / "b", tmp_path / "env"]

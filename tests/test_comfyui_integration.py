@@ -70,6 +70,7 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
     video = write_clip(media_dir, base / "input", "latentsync_test_clip.mp4", CLIP_SECONDS, scale=2).name
     speech = write_speech(media_dir, base / "input", "latentsync_test_speech.wav", CLIP_SECONDS).name
     long_speech = write_speech(media_dir, base / "input", "latentsync_test_speech_long.wav", 8 * CLIP_SECONDS).name
+    too_short = write_speech(media_dir, base / "input", "latentsync_test_blip.wav", 0.02).name
     env = {"LATENTSYNC_CHECKPOINTS": str(tiny), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
     timings = {}
     with comfyui_server(COMFYUI_DIR, base, env, os.environ.get("COMFYUI_PYTHON")) as server:
@@ -158,10 +159,8 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         del next(n for n in no_video.values() if n["class_type"] == "LatentSyncLipSync")["inputs"]["video"]
         message = _error(server.wait(server.queue(no_video)))
         assert "connect exactly one of `video`" in message and "\n" not in message
-        missing = json.loads(json.dumps(prompt))
-        next(n for n in missing.values() if n["class_type"] == "LatentSyncModelLoader")["inputs"]["version"] = \
-            "1.5 (256 px)"
-        message = _error(server.wait(server.queue(missing)))
-        assert "1.5/latentsync_unet.pt" in message and "python -m latentsync.checkpoints download" in message
-        assert "\n" not in message
+        blip = json.loads(json.dumps(prompt))
+        next(n for n in blip.values() if n["class_type"] == "LoadAudio")["inputs"]["audio"] = too_short
+        message = _error(server.wait(server.queue(blip)))
+        assert "shorter than one video frame" in message and "\n" not in message
         print(f"\nreal ComfyUI integration: {json.dumps(timings)}")

@@ -95,7 +95,8 @@ def test_cli_face_flag(setup, two_faces, tmp_path):
     out = tmp_path / "synced.mp4"
     done = subprocess.run([sys.executable, "-m", "latentsync", "--checkpoints", str(setup["folder"] / "checkpoints"),
                            "--unet-config", str(setup["config"]), "--detector", "dlib", "--device", "cpu", "--quiet",
-                           "--steps", "1", "--face", "2", "--video", str(clip), "--audio", str(setup["audio"]),
+                           "--steps", "1", "--face", "2", "--resolution", "256", "--video", str(clip), "--audio",
+                           str(setup["audio"]),
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     result = np.concatenate(list(iter_frame_batches(out, 16))).astype(int)

@@ -21,11 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..checkpoints import BUFFALO_DIR, BUFFALO_FILES
+from ..checkpoints import BUFFALO_DIR, BUFFALO_FILES, DEFAULT_CHECKPOINTS
 
 log = logging.getLogger("latentsync.face")
 
-DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 # 106-point indices the reference averages (latentsync/utils/image_processor.py).
 BROW1_106 = [43, 48, 49, 51, 50]

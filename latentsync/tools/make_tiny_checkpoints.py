@@ -2,10 +2,12 @@
 
     python -m latentsync.tools.make_tiny_checkpoints DIR
 
-DIR receives the published layout (see latentsync/checkpoints.py) with random weights small enough for a CPU:
-``latentsync_unet.pt`` (a dict with ``state_dict``, as published) and its yaml ``unet_tiny.yaml``,
-``whisper/tiny.pt`` (openai-whisper format), ``vae/`` (diffusers AutoencoderKL folder). Outputs are noise, but
-every loader, shape and code path is the real one. Run the pipeline with ``--unet-config DIR/unet_tiny.yaml``.
+DIR receives the published layout of both versions (see latentsync/checkpoints.py) with random weights small
+enough for a CPU: ``latentsync_unet.pt`` (1.6) and ``1.5/latentsync_unet.pt`` (a dict with ``state_dict``, as
+published), their yaml ``unet_tiny.yaml``, ``whisper/tiny.pt`` (openai-whisper format), ``vae/`` (diffusers
+AutoencoderKL folder). Outputs are noise, but every loader, shape and code path is the real one. Run the pipeline
+with ``--unet-config DIR/unet_tiny.yaml``: ``--resolution 512`` (1.6) or ``256`` (1.5) picks the version and the
+face size; the library alone uses the yaml's face size, ``--resolution`` here (default 128, fast on a CPU).
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def write_tiny_unet(folder: Path, seed: int, resolution: int = TINY_RESOLUTION) 
 
     torch.manual_seed(seed)
     model = UNet3DConditionModel(**TINY_UNET)
-    torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / "latentsync_unet.pt")
+    for name in ("latentsync_unet.pt", "1.5/latentsync_unet.pt"):  # the 1.6 and the 1.5 layout
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / name)
     config = {"data": {"resolution": resolution, "num_frames": 16, "mask_image_path": str(MASK_PATH),
                        "audio_sample_rate": 16000, "video_fps": 25},
               "run": {"inference_steps": 20, "guidance_scale": 1.5, "seed": 1247},
@@ -88,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resolution", type=int, default=TINY_RESOLUTION, help="face size in px, a multiple of 64")
+    parser.add_argument("--resolution", type=int, default=TINY_RESOLUTION,
+                        help="the yaml's face size in px, a multiple of 64 (the library's default for this set; the "
+                             "command line's --resolution overrides it)")
     args = parser.parse_args(argv)
     config = make_tiny_checkpoints(args.folder, args.seed, args.resolution)
     print(f"tiny checkpoints written to {args.folder}; UNet config: {config}")
