@@ -66,14 +66,14 @@ def test_full_model_forward_shapes_on_meta(full_meta_model, latent_size):
 
 @pytest.mark.parametrize("name, resolution", [("stage2.yaml", 256), ("stage2_512.yaml", 512)])
 def test_configs_match_published(manifest, reference_dir, name, resolution):
-    path = REPO / "configs" / "unet" / name
+    path = REPO / "latentsync" / "configs" / "unet" / name
     assert load_unet_config(path) == manifest["config"]
     import yaml
     full = yaml.safe_load(path.read_text())
     assert full["data"]["resolution"] == resolution and full["data"]["num_frames"] == 16
     assert full["run"]["inference_steps"] == 20 and full["run"]["guidance_scale"] == 1.5
     assert (REPO / full["data"]["mask_image_path"]).is_file()
-    scheduler = json.loads((REPO / "configs" / "scheduler_config.json").read_text())
+    scheduler = json.loads((REPO / "latentsync" / "configs" / "scheduler_config.json").read_text())
     assert scheduler == json.loads((reference_dir / "pipeline_tiny.json").read_text())["scheduler"]
 
 

@@ -108,7 +108,7 @@ def _read_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if "weights only load failed" in str(error).lower():  # torch's own text suggests an unsafe load: not ours
+        if "Unsupported global" in str(error):  # torch's own text would suggest an unsafe load: never ours
             raise WhisperCheckpointError(
                 f"Whisper checkpoint {path} holds Python objects besides its weights, which are never loaded here "
                 "(they could run code): use the official openai-whisper tiny.pt, e.g. python -m "
