@@ -291,6 +291,7 @@ class SyncedFrames:
     def _synced(self) -> Iterator[np.ndarray]:
         log_memory("start")
         group_frames = self.models.chunk_size * self.plan.chunks_per_call
+        # in flight at most: one in each of the three stages, one in each queue behind them, one with the consumer
         pool = BufferPool(group_frames, self.height, self.width, count=7 if self.overlap else 2,
                           stopping=self.stopping)
         stage = (lambda items, name: in_thread(items, name, self.stopping)) if self.overlap else (lambda i, _: i)
