@@ -26,10 +26,22 @@ def _option(parser, flag: str, name: str, kind=None, **extra) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m latentsync", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m latentsync", description=__doc__,
+                                     epilog="Many videos: python -m latentsync batch JOBS (see --help there).")
     parser.add_argument("--video", required=True, help="input video file (any format ffmpeg reads)")
     parser.add_argument("--audio", required=True, help="speech track (wav, mp3, m4a, ... or a video with audio)")
     parser.add_argument("--out", required=True, help="output .mp4 (written atomically when complete)")
+    add_run_options(parser)
+    return parser
+
+
+# the options a batch job may set per job (by these names, as columns or keys): everything of one run
+JOB_OPTIONS = ("resolution", "steps", "seed", "guidance", "attention", "lip_focus", "deepcache",
+               "optimization_level", "memory_mode", "vram_fraction", "disk_cache", "face", "detector")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a run, shared by a single run and a batch (where they are every job's defaults)."""
     parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
                         help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = LatentSync "
                              "1.5 (default 512)")
@@ -51,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unet-config", default=None, help="UNet yaml (default: the one of the version)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: best available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
 
 
 class TqdmProgress:
@@ -103,21 +114,105 @@ def check_arguments(args) -> None:
     check_all(RUN, {name: getattr(args, name) for name in RUN if name != "disk_cache"})
 
 
+def pipeline_options(args):
+    from .pipeline import PipelineOptions
+
+    return PipelineOptions(**{name: getattr(args, name) for name in RUN if name != "disk_cache"},
+                           disk_cache=DISK_CACHE_CHOICES[args.disk_cache])
+
+
+def load_models(args, progress):
+    from .pipeline import LipSyncModels
+
+    return LipSyncModels.load(RESOLUTION_TO_VERSION[args.resolution], args.checkpoints, unet_config=args.unet_config,
+                              device=args.device, precision=args.precision, resolution=int(args.resolution),
+                              progress=progress)
+
+
+def batch_main(argv: list[str]) -> int:
+    """``python -m latentsync batch JOBS [run options]``: see latentsync/batch.py."""
+    from . import batch
+
+    parser = argparse.ArgumentParser(prog="python -m latentsync batch", description=batch.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("jobs", help="a CSV or JSON Lines file: video, audio, output and per-job options")
+    parser.add_argument("--manifest", default=None, help="JSON Lines record of the jobs (default: beside JOBS)")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    by_name = {action.option_strings[0].lstrip("-").replace("-", "_"): action for action in parser._actions
+               if action.option_strings and action.option_strings[0].lstrip("-").replace("-", "_") in JOB_OPTIONS}
+    try:
+        jobs = batch.read_jobs(args.jobs, set(by_name))
+        settings = {job.index: _job_arguments(args, job, by_name) for job in jobs}  # all checked up front
+        for job_args in settings.values():
+            check_all(RUN, {name: getattr(job_args, name) for name in RUN if name != "disk_cache"})
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    manifest = Path(args.manifest) if args.manifest else batch.manifest_path(args.jobs)
+    models: dict = {}  # loaded once per version, for every job that uses it
+    progress = TqdmProgress(not args.quiet)
+
+    def run_one(job):
+        from .pipeline import LipSyncPipeline
+
+        job_args = settings[job.index]
+        for name in ("video", "audio"):
+            if not getattr(job, name).is_file():
+                raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
+        if job_args.resolution not in models:
+            models[job_args.resolution] = load_models(job_args, progress)
+        pipeline = LipSyncPipeline(models[job_args.resolution], pipeline_options(job_args))
+        return pipeline.run(job.video, job.audio, job.output, progress=progress)
+
+    def announce(job, position, total):
+        if not args.quiet:
+            print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
+
+    try:
+        counts = batch.run_jobs(jobs, manifest, run_one, announce)
+    except KeyboardInterrupt:
+        progress.close()
+        print("\ninterrupted: the job in flight wrote nothing; run the same command again to resume", file=sys.stderr)
+        return 130
+    progress.close()
+    print(f"{counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed; "
+          f"manifest: {manifest}")
+    return 1 if counts["failed"] else 0
+
+
+def _job_arguments(defaults, job, by_name: dict) -> argparse.Namespace:
+    """The command line's values with the job's own on top, each parsed as its flag parses it."""
+    values = vars(defaults).copy()
+    for name, raw in job.options.items():
+        action = by_name[name]
+        if action.type is not None:
+            value = action.type(raw) if isinstance(raw, str) else raw
+        else:
+            value = str(raw)  # choices given as text (resolution 256, disk_cache on)
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"job {job.index}: {name} must be one of {', '.join(map(str, action.choices))}; "
+                             f"got {raw!r}")
+        values[action.dest] = value
+    return argparse.Namespace(**values)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     progress = TqdmProgress(not args.quiet)
     try:
         check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
-        from .pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
+        from .pipeline import LipSyncPipeline
 
-        options = PipelineOptions(**{name: getattr(args, name) for name in RUN if name != "disk_cache"},
-                                  disk_cache=DISK_CACHE_CHOICES[args.disk_cache])
+        options = pipeline_options(args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        models = LipSyncModels.load(RESOLUTION_TO_VERSION[args.resolution], args.checkpoints,
-                                    unet_config=args.unet_config, device=args.device, precision=args.precision,
-                                    resolution=int(args.resolution), progress=progress)
+        models = load_models(args, progress)
         result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()

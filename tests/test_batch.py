@@ -1,0 +1,107 @@
+"""``python -m latentsync batch``: several jobs in one process, a manifest, a failing job that stops nothing, and
+resuming after a finished or a killed run. Real tiny checkpoints, real clips, the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.video import count_frames
+from test_pipeline import make_audio, make_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, media_dir):
+    folder = tmp_path_factory.mktemp("batch")
+    config = make_tiny_checkpoints(folder / "checkpoints")
+    make_clip(media_dir, folder, 1.0, Fraction(25))
+    make_audio(media_dir, folder, 0.64)
+    make_audio(media_dir, folder, 0.9)
+    return {"folder": folder, "config": config}
+
+
+def batch(workspace, jobs: Path, *extra: str, wait: bool = True):
+    command = [sys.executable, "-m", "latentsync", "batch", str(jobs), "--checkpoints",
+               str(workspace["folder"] / "checkpoints"), "--unet-config", str(workspace["config"]), "--detector",
+               "dlib", "--device", "cpu", "--steps", "1", "--resolution", "256", "--quiet", *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def records(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def test_three_jobs_one_bad_then_resume(workspace, tmp_path):
+    folder = workspace["folder"]
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("video,audio,output,seed\n"
+                    f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.64.wav'},out/a.mp4,\n"
+                    f"{folder / 'missing.mp4'},{folder / 'speech_0.64.wav'},out/b.mp4,\n"
+                    f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.90.wav'},out/c.mp4,7\n")
+    first = batch(workspace, jobs)
+    assert first.returncode == 1, first.stderr  # one job failed
+    assert "2 done, 0 already complete, 1 failed" in first.stdout
+    manifest = tmp_path / "jobs.manifest.jsonl"
+    by_output = {Path(r["output"]).name: r for r in records(manifest)}
+    assert by_output["a.mp4"]["status"] == "done" and by_output["a.mp4"]["frames"] == 16
+    assert by_output["c.mp4"]["status"] == "done" and by_output["c.mp4"]["frames"] == 22
+    assert by_output["b.mp4"]["status"] == "failed" and "missing.mp4" in by_output["b.mp4"]["error"]
+    assert count_frames(tmp_path / "out" / "a.mp4") == 16 and count_frames(tmp_path / "out" / "c.mp4") == 22
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "c.mp4"]  # nothing half-written
+    written = {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in ("a.mp4", "c.mp4")}
+
+    again = batch(workspace, jobs)  # the same command: the complete jobs are skipped, the failed one redone
+    assert "0 done, 2 already complete, 1 failed" in again.stdout
+    assert {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in written} == written
+    (tmp_path / "out" / "c.mp4").write_bytes(b"damaged")  # no longer complete: redone
+    third = batch(workspace, jobs)
+    assert "1 done, 1 already complete, 1 failed" in third.stdout
+    assert count_frames(tmp_path / "out" / "c.mp4") == 22
+
+
+def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path):
+    folder = workspace["folder"]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps({"video": str(folder / "clip_25.00.mp4"),
+                                          "audio": str(folder / "speech_0.64.wav"), "output": f"out/{i}.mp4",
+                                          "seed": i, "face": 0}) for i in range(3)) + "\n")
+    manifest = tmp_path / "jobs.manifest.jsonl"
+    process = batch(workspace, jobs, wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (manifest.exists() and manifest.read_text().strip()):
+        time.sleep(0.2)  # the first job is recorded: the second is in flight
+    process.send_signal(signal.SIGKILL)  # a killed worker: no chance to clean up
+    process.wait(timeout=60)
+    done_first = [r["output"] for r in records(manifest) if r["status"] == "done"]
+    assert len(done_first) >= 1
+    resumed = batch(workspace, jobs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done_first)} already complete" in resumed.stdout
+    assert [count_frames(tmp_path / "out" / f"{i}.mp4") for i in range(3)] == [16, 16, 16]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == \
+        ["0.mp4", "1.mp4", "2.mp4"]
+
+
+def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("video,audio,output,stepz\na.mp4,a.wav,o.mp4,3\n")
+    done = batch(workspace, jobs)
+    assert done.returncode == 1 and "unknown columns stepz" in done.stderr and "Traceback" not in done.stderr
+    jobs.write_text("video,audio,output,steps\na.mp4,a.wav,o.mp4,0\n")
+    done = batch(workspace, jobs)
+    assert done.returncode == 1 and "inference_steps must be between 1 and 999" in done.stderr
+    assert not (tmp_path / "jobs.manifest.jsonl").exists()
