@@ -64,7 +64,7 @@ def read_jobs(path: str | Path, option_names: set[str]) -> list[Job]:
         if unknown:
             raise JobsFileError(f"{path} job {number} has unknown columns {', '.join(unknown)}: use the command "
                                 f"line's option names ({', '.join(sorted(option_names))})")
-        paths = [path.parent / str(row[name]).strip() for name in JOB_FIELDS]
+        paths = [(path.parent / str(row[name]).strip()).resolve() for name in JOB_FIELDS]  # workers run elsewhere
         options = {name: value for name, value in row.items() if name not in JOB_FIELDS and value not in ("", None)}
         jobs.append(Job(number, *paths, options=options))
     return jobs
@@ -109,28 +109,109 @@ def append_record(manifest: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def run_jobs(jobs: list[Job], manifest: Path, run_one, progress=None) -> dict[str, int]:
-    """Run every job not complete yet with ``run_one(job) -> RunResult``; returns counts by status."""
-    done_before = completed(manifest)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    for position, job in enumerate(jobs, 1):
-        if progress is not None:
-            progress(job, position, len(jobs))
-        if is_complete(job, done_before.get(str(job.output))):
-            counts["skipped"] += 1
-            continue
+class JobRunner:
+    """Runs jobs with the models loaded once per version: in this process, or as a Ray actor on a worker.
+
+    ``load_models(args)`` and ``pipeline_options(args)`` come from the command line (one place for both)."""
+
+    def __init__(self, load_models, pipeline_options, progress=None):
+        self.load_models, self.pipeline_options, self.progress = load_models, pipeline_options, progress
+        self.models: dict = {}
+
+    def record(self, job: Job, args) -> dict:
+        """The job run to its manifest record: done with its figures, or failed with its one sentence."""
+        from .pipeline import LipSyncPipeline
+
         record = {"job": job.index, "video": str(job.video), "audio": str(job.audio), "output": str(job.output)}
         started = time.perf_counter()
         try:
+            for name in ("video", "audio"):
+                if not getattr(job, name).is_file():
+                    raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
+            if args.resolution not in self.models:
+                self.models[args.resolution] = self.load_models(args, self.progress)
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            result = run_one(job)
+            result = LipSyncPipeline(self.models[args.resolution], self.pipeline_options(args)).run(
+                job.video, job.audio, job.output, progress=self.progress)
         except Exception as error:  # one job's failure is its record, never the batch's end
-            record.update(status="failed", seconds=round(time.perf_counter() - started, 3),
-                          error=f"{type(error).__name__}: {error}")
-            counts["failed"] += 1
-        else:
-            record.update(status="done", frames=result.num_frames, seconds=round(time.perf_counter() - started, 3),
-                          frames_without_face=result.frames_without_face)
-            counts["done"] += 1
+            return {**record, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
+                    "error": f"{type(error).__name__}: {error}"}
+        return {**record, "status": "done", "frames": result.num_frames,
+                "seconds": round(time.perf_counter() - started, 3),
+                "frames_without_face": result.frames_without_face}
+
+
+def pending_jobs(jobs: list[Job], manifest: Path) -> list[Job]:
+    """The jobs whose output is not complete yet (a rerun redoes exactly these)."""
+    done_before = completed(manifest)
+    return [job for job in jobs if not is_complete(job, done_before.get(str(job.output)))]
+
+
+def run_jobs(jobs: list[Job], settings: dict, manifest: Path, runner: JobRunner, announce=None) -> dict[str, int]:
+    """Run every job not complete yet, one after another, in this process; counts by status."""
+    todo = pending_jobs(jobs, manifest)
+    counts = {"done": 0, "skipped": len(jobs) - len(todo), "failed": 0}
+    for position, job in enumerate(todo, 1):
+        if announce is not None:
+            announce(job, position, len(todo))
+        record = runner.record(job, settings[job.index])
         append_record(manifest, record)
+        counts[record["status"]] += 1
+    return counts
+
+
+def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args: tuple, address: str | None,
+                    workers: int | None, announce=None) -> dict[str, int]:
+    """The same on a Ray cluster (a local one when ``address`` is None): one actor per GPU, or per CPU slot when
+    there is none (``workers`` overrides the count), each loading the models once and taking the next job as it
+    frees. The driver writes the manifest; a lost worker costs the job it was running (recorded as failed)."""
+    try:
+        import ray
+        from ray.exceptions import RayActorError
+    except ImportError:
+        raise RuntimeError("Ray is not installed: pip install -r requirements-ray.txt (or run without --ray)") from None
+
+    todo = pending_jobs(jobs, manifest)
+    counts = {"done": 0, "skipped": len(jobs) - len(todo), "failed": 0}
+    if not todo:
+        return counts
+    # the library travels with the jobs: workers need not have this checkout on their path
+    init = {"runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)],
+                            "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LATENTSYNC_", "HF_"))}},
+            "include_dashboard": False, "log_to_driver": False}
+    ray.init(address=address, **init) if address else ray.init(num_cpus=workers, **init)
+    try:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        count = workers or gpus or int(resources.get("CPU", 1))
+        actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(JobRunner)
+        free = [actor.remote(*runner_args) for _ in range(count)]
+        queue, running, started = list(todo), {}, 0
+        while queue or running:
+            while free and queue:
+                job = queue.pop(0)
+                started += 1
+                if announce is not None:
+                    announce(job, started, len(todo))
+                worker = free.pop()
+                running[worker.record.remote(job, settings[job.index])] = (job, worker)
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1)
+            job, worker = running.pop(ready[0])
+            try:
+                record = ray.get(ready[0])
+                free.append(worker)
+            except RayActorError as error:  # the worker died (killed, its node lost): its job failed
+                record = {"job": job.index, "video": str(job.video), "audio": str(job.audio),
+                          "output": str(job.output), "status": "failed",
+                          "error": f"the Ray worker running it was lost ({type(error).__name__}); run again to redo it"}
+            append_record(manifest, record)
+            counts[record["status"]] += 1
+        for job in queue:  # every worker was lost: the rest waits for the next run
+            counts["failed"] += 1
+            append_record(manifest, {"job": job.index, "video": str(job.video), "audio": str(job.audio),
+                                     "output": str(job.output), "status": "failed", "error": "no Ray worker left"})
+    finally:
+        ray.shutdown()
     return counts

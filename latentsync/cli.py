@@ -137,8 +137,15 @@ def batch_main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("jobs", help="a CSV or JSON Lines file: video, audio, output and per-job options")
     parser.add_argument("--manifest", default=None, help="JSON Lines record of the jobs (default: beside JOBS)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run the jobs on a Ray cluster at ADDRESS (a local one without): one worker per GPU, or "
+                             "per CPU slot; needs pip install -r requirements-ray.txt and paths every node sees")
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU or CPU slot)")
     add_run_options(parser)
     args = parser.parse_args(argv)
+    for name in ("checkpoints", "unet_config"):  # workers may run elsewhere: absolute paths
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     by_name = {action.option_strings[0].lstrip("-").replace("-", "_"): action for action in parser._actions
                if action.option_strings and action.option_strings[0].lstrip("-").replace("-", "_") in JOB_OPTIONS}
@@ -151,31 +158,27 @@ def batch_main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     manifest = Path(args.manifest) if args.manifest else batch.manifest_path(args.jobs)
-    models: dict = {}  # loaded once per version, for every job that uses it
-    progress = TqdmProgress(not args.quiet)
-
-    def run_one(job):
-        from .pipeline import LipSyncPipeline
-
-        job_args = settings[job.index]
-        for name in ("video", "audio"):
-            if not getattr(job, name).is_file():
-                raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
-        if job_args.resolution not in models:
-            models[job_args.resolution] = load_models(job_args, progress)
-        pipeline = LipSyncPipeline(models[job_args.resolution], pipeline_options(job_args))
-        return pipeline.run(job.video, job.audio, job.output, progress=progress)
+    progress = TqdmProgress(not args.quiet and args.ray is None)
 
     def announce(job, position, total):
         if not args.quiet:
             print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
 
     try:
-        counts = batch.run_jobs(jobs, manifest, run_one, announce)
+        if args.ray is None:
+            runner = batch.JobRunner(load_models, pipeline_options, progress)
+            counts = batch.run_jobs(jobs, settings, manifest, runner, announce)
+        else:
+            counts = batch.run_jobs_on_ray(jobs, settings, manifest, (load_models, pipeline_options),
+                                           None if args.ray == "local" else args.ray, args.workers, announce)
     except KeyboardInterrupt:
         progress.close()
-        print("\ninterrupted: the job in flight wrote nothing; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
         return 130
+    except RuntimeError as error:  # Ray missing or its cluster unreachable
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     progress.close()
     print(f"{counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed; "
           f"manifest: {manifest}")

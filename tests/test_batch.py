@@ -9,14 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 from latentsync.video import count_frames
-from test_pipeline import make_audio, make_clip
+from comfyui_server import write_clip
+from test_pipeline import make_audio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,17 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 def workspace(tmp_path_factory, media_dir):
     folder = tmp_path_factory.mktemp("batch")
     config = make_tiny_checkpoints(folder / "checkpoints")
-    make_clip(media_dir, folder, 1.0, Fraction(25))
+    write_clip(media_dir, folder, "clip_25.00.mp4", 1.0, scale=2)  # half size: the batch logic, not the pixels
     make_audio(media_dir, folder, 0.64)
     make_audio(media_dir, folder, 0.9)
     return {"folder": folder, "config": config}
 
 
-def batch(workspace, jobs: Path, *extra: str, wait: bool = True):
+def batch(workspace, jobs: Path, *extra: str, wait: bool = True, env: dict | None = None):
     command = [sys.executable, "-m", "latentsync", "batch", str(jobs), "--checkpoints",
                str(workspace["folder"] / "checkpoints"), "--unet-config", str(workspace["config"]), "--detector",
                "dlib", "--device", "cpu", "--steps", "1", "--resolution", "256", "--quiet", *extra]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **(env or {}))
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -105,3 +105,31 @@ def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path):
     done = batch(workspace, jobs)
     assert done.returncode == 1 and "inference_steps must be between 1 and 999" in done.stderr
     assert not (tmp_path / "jobs.manifest.jsonl").exists()
+
+
+def test_ray_with_two_workers_gives_the_local_outputs(workspace, tmp_path):
+    """A local Ray cluster with two workers (each loads the models once) runs the jobs; the decoded frames equal
+    those of the local batch, job for job. Both run torch on one thread, as Ray gives a one-CPU worker: the thread
+    count changes the order of float sums (1e-6), which the encoder can turn into visibly different files."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
+    import numpy as np
+
+    from latentsync.video import iter_frame_batches
+
+    folder = workspace["folder"]
+    rows = "".join(f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.64.wav'},out/{seed}.mp4,{seed}\n"
+                   for seed in (1, 2, 3))
+    for name in ("local", "ray"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "jobs.csv").write_text("video,audio,output,seed\n" + rows)
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    local = batch(workspace, tmp_path / "local" / "jobs.csv", env=one_thread)
+    assert local.returncode == 0, local.stderr
+    on_ray = batch(workspace, tmp_path / "ray" / "jobs.csv", "--ray", "--workers", "2", env=one_thread)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert "3 done, 0 already complete, 0 failed" in on_ray.stdout
+    assert {r["status"] for r in records(tmp_path / "ray" / "jobs.manifest.jsonl")} == {"done"}
+    for seed in (1, 2, 3):
+        frames = [np.concatenate(list(iter_frame_batches(tmp_path / name / "out" / f"{seed}.mp4", 16)))
+                  for name in ("local", "ray")]
+        assert np.array_equal(*frames)
