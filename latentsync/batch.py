@@ -101,6 +101,11 @@ def is_complete(job: Job, record: dict | None) -> bool:
         return False
 
 
+def job_record(job: Job, **fields) -> dict:
+    """A manifest record: which job (its row, inputs and output) and what became of it."""
+    return {"job": job.index, "video": str(job.video), "audio": str(job.audio), "output": str(job.output), **fields}
+
+
 def append_record(manifest: Path, record: dict) -> None:
     """One line, flushed to disk before the next job starts (a killed run keeps every finished record)."""
     with open(manifest, "a", encoding="utf-8") as handle:
@@ -122,7 +127,6 @@ class JobRunner:
         """The job run to its manifest record: done with its figures, or failed with its one sentence."""
         from .pipeline import LipSyncPipeline
 
-        record = {"job": job.index, "video": str(job.video), "audio": str(job.audio), "output": str(job.output)}
         started = time.perf_counter()
         try:
             for name in ("video", "audio"):
@@ -134,11 +138,11 @@ class JobRunner:
             result = LipSyncPipeline(self.models[args.resolution], self.pipeline_options(args)).run(
                 job.video, job.audio, job.output, progress=self.progress)
         except Exception as error:  # one job's failure is its record, never the batch's end
-            return {**record, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
-                    "error": f"{type(error).__name__}: {error}"}
-        return {**record, "status": "done", "frames": result.num_frames,
-                "seconds": round(time.perf_counter() - started, 3),
-                "frames_without_face": result.frames_without_face}
+            return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
+                              error=f"{type(error).__name__}: {error}")
+        return job_record(job, status="done", frames=result.num_frames,
+                          seconds=round(time.perf_counter() - started, 3),
+                          frames_without_face=result.frames_without_face)
 
 
 def pending_jobs(jobs: list[Job], manifest: Path) -> list[Job]:
@@ -203,15 +207,13 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args
                 record = ray.get(ready[0])
                 free.append(worker)
             except RayActorError as error:  # the worker died (killed, its node lost): its job failed
-                record = {"job": job.index, "video": str(job.video), "audio": str(job.audio),
-                          "output": str(job.output), "status": "failed",
-                          "error": f"the Ray worker running it was lost ({type(error).__name__}); run again to redo it"}
+                record = job_record(job, status="failed", error=f"the Ray worker running it was lost "
+                                                                 f"({type(error).__name__}); run again to redo it")
             append_record(manifest, record)
             counts[record["status"]] += 1
         for job in queue:  # every worker was lost: the rest waits for the next run
             counts["failed"] += 1
-            append_record(manifest, {"job": job.index, "video": str(job.video), "audio": str(job.audio),
-                                     "output": str(job.output), "status": "failed", "error": "no Ray worker left"})
+            append_record(manifest, job_record(job, status="failed", error="no Ray worker left"))
     finally:
         ray.shutdown()
     return counts

@@ -147,8 +147,9 @@ def batch_main(argv: list[str]) -> int:
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    by_name = {action.option_strings[0].lstrip("-").replace("-", "_"): action for action in parser._actions
-               if action.option_strings and action.option_strings[0].lstrip("-").replace("-", "_") in JOB_OPTIONS}
+    flags = {action.option_strings[0].lstrip("-").replace("-", "_"): action for action in parser._actions
+             if action.option_strings}  # --lip-focus -> lip_focus: the name a job column uses
+    by_name = {name: action for name, action in flags.items() if name in JOB_OPTIONS}
     try:
         jobs = batch.read_jobs(args.jobs, set(by_name))
         settings = {job.index: _job_arguments(args, job, by_name) for job in jobs}  # all checked up front

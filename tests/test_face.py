@@ -15,7 +15,7 @@ import torch
 from latentsync.face import (AlignedBatch, FaceStage, NoFaceError, available_detectors, create_detector,
                              no_face_error)
 from latentsync.face import cv2_recipe
-from latentsync.face.detectors import pick_face
+from latentsync.face.detectors import LargestFace, usable_faces
 from latentsync.face.geometry import CropGeometry, lanczos4_table, resize_lanczos4_u8, transform_points
 
 STRIDE = int(os.environ.get("LATENTSYNC_FACE_TEST_STRIDE", "5"))
@@ -214,11 +214,12 @@ def test_geometry_constants():
     np.testing.assert_allclose(g.template, np.array([[17, 20], [58, 20], [37.5, 40]]) * 5.6)
 
 
-def test_pick_face_filters():
+def test_largest_face_filters():
     boxes = np.array([[0, 0, 40, 100], [0, 0, 100, 100], [0, 0, 150, 120], [0, 0, 400, 100], [0, 0, 150, 150.]])
     scores = np.array([0.9, 0.9, 0.9, 0.9, 0.4])
-    assert pick_face(boxes, scores) == 2  # too narrow, ok, largest ok, too wide, low score
-    assert pick_face(boxes[:1], scores[:1]) is None
+    assert usable_faces(boxes, scores) == [1, 2]  # too narrow, ok, ok, too wide, low score
+    assert LargestFace().choose(boxes, usable_faces(boxes, scores)) == 2  # the largest usable one
+    assert LargestFace().choose(boxes[:1], usable_faces(boxes[:1], scores[:1])) is None
 
 
 def test_detector_registry(tmp_path):

@@ -57,11 +57,6 @@ def _area(box: np.ndarray) -> int:
     return (x2 - x1) * (y2 - y1)
 
 
-def pick_face(boxes: np.ndarray, scores: np.ndarray, min_h: int = 80) -> int | None:
-    """The reference's choice: the largest usable box (the first of equal ones); None when none is usable."""
-    return LargestFace().choose(boxes, usable_faces(boxes, scores, min_h=min_h))
-
-
 def anchors_from_landmarks(lmk: np.ndarray, brow1, brow2, nose) -> np.ndarray:
     """Rounded landmarks -> rounded means of the three point sets, as float (3, 2)."""
     lmk = np.round(lmk).astype(np.int_)

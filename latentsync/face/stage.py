@@ -100,16 +100,13 @@ class FaceStage:
                  fp16_matrices: bool = True, roi_warp: bool | None = None, face: int = 0):
         self.detector = detector
         self.face = face  # 0 = the largest of each frame (the reference), N = the N-th from the left, followed
-        self.chooser = FaceTracker(face) if face else LargestFace()
         self.geometry = CropGeometry(resolution)
         self.resolution = resolution
         self.device = torch.device(device)
         self.fp16_matrices = fp16_matrices  # round matrices through float16 as the reference does
         self.roi_warp = self.device.type == "cpu" if roi_warp is None else roi_warp
         self._template = torch.tensor(self.geometry.template, dtype=torch.float32)
-        self._bias: torch.Tensor | None = None
-        self.frames_seen = 0
-        self.frames_without_face = 0
+        self.reset()
 
     def raise_if_no_face(self, source: str = "the video") -> None:
         """Raise NoFaceError when frames were seen and none of them had a usable face."""
@@ -117,7 +114,8 @@ class FaceStage:
             raise no_face_error(self.frames_seen, source)
 
     def reset(self) -> None:
-        self._bias = None
+        """Start a new clip: no smoothing carried over, no counts, a fresh face choice."""
+        self._bias: torch.Tensor | None = None
         self.frames_seen = 0
         self.frames_without_face = 0
         self.chooser = FaceTracker(self.face) if self.face else LargestFace()
