@@ -106,11 +106,14 @@ class LipSyncDenoiser:
         self.generator.set_state(state)
 
     def skip(self, frames: int) -> None:
-        """Advance the generator past a chunk that is not generated (no face in it), so later chunks get the
-        same noise whatever happened to this one."""
-        shape = (frames, self.vae.config.latent_channels, self.latent_size, self.latent_size)
-        for _ in range(2):  # masked-face sample, reference-face sample
-            torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        """Advance the generator past ``frames`` that are not generated here (no face in them, or made by another
+        worker), so later chunks get the same noise: the draws of ``run``, chunk by chunk and of the same shapes
+        (a CUDA generator advances by an amount that depends on the shape, not only on the number of values)."""
+        for start in range(0, frames, self.settings.chunk_size):
+            count = min(self.settings.chunk_size, frames - start)
+            shape = (count, self.vae.config.latent_channels, self.latent_size, self.latent_size)
+            for _ in range(2):  # masked-face sample, reference-face sample
+                torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
 
     @torch.inference_mode()
     def run(self, chunks: Sequence[Chunk], on_step: StepCallback | None = None) -> list[torch.Tensor]:

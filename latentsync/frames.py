@@ -22,8 +22,8 @@ class FrameSource(Protocol):
     height: int
     width: int
 
-    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
-        """Consecutive uint8 (n, H, W, 3) RGB batches from the first frame to the last, each in an array from
+    def batches(self, batch_size: int, allocate: Allocate | None = None, start: int = 0) -> Iterator[np.ndarray]:
+        """Consecutive uint8 (n, H, W, 3) RGB batches from frame ``start`` to the last, each in an array from
         ``allocate((batch_size, H, W, 3))`` when given (reused buffers), else in a new one."""
 
 
@@ -38,10 +38,10 @@ class VideoFileSource:
         self.fps, self.num_frames = Fraction(info.fps), int(info.num_frames)
         self.height, self.width = int(info.height), int(info.width)
 
-    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
+    def batches(self, batch_size: int, allocate: Allocate | None = None, start: int = 0) -> Iterator[np.ndarray]:
         from .video import iter_frame_batches
 
-        return iter_frame_batches(self.path, batch_size, allocate=allocate)
+        return iter_frame_batches(self.path, batch_size, start=start, allocate=allocate)
 
 
 class ArraySource:
@@ -54,9 +54,9 @@ class ArraySource:
         self.fps = frame_rate(fps)
         self.num_frames, self.height, self.width = (int(s) for s in frames.shape[:3])
 
-    def batches(self, batch_size: int, allocate: Allocate | None = None) -> Iterator[np.ndarray]:
-        for start in range(0, self.num_frames, batch_size):
-            frames = self.frames[start:start + batch_size]
+    def batches(self, batch_size: int, allocate: Allocate | None = None, start: int = 0) -> Iterator[np.ndarray]:
+        for first in range(start, self.num_frames, batch_size):
+            frames = self.frames[first:first + batch_size]
             out = allocate((batch_size, self.height, self.width, 3))[:len(frames)] if allocate else None
             yield to_uint8(frames, out)
 

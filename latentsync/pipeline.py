@@ -9,6 +9,7 @@ or in a disk cache by the memory plan.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -24,7 +25,7 @@ import yaml
 
 from .checkpoints import SCHEDULER_CONFIG, CheckpointSet, locate
 from .denoise import Chunk, DenoiseSettings, LipSyncDenoiser
-from .face import AlignedBatch, FaceStage, no_face_error
+from .face import AlignedBatch, FaceStage, FaceTrack, no_face_error
 from .frames import ArraySource, FrameSource, FrameStore, VideoFileSource, pingpong_index
 from .mask import load_mouth_mask
 from .memory_limiter import (MemoryPlan, detect_hardware, free_memory, is_oom, log_memory, plan_memory,
@@ -170,6 +171,40 @@ class Group:
     synced: torch.Tensor | None = None  # (n, 3, R, R) in [-1, 1]; None when no frame of the group has a face
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Output frames [start, stop) of a run, made exactly as the whole run makes them: from the whole clip's face
+    track, with the run's batch sizes, and the random generator replayed to ``start``."""
+
+    start: int
+    stop: int
+    track: FaceTrack  # of the source frames the whole run aligns
+    batches: dict  # MemoryPlan batch sizes of the whole run (they decide float sums and face-crop regions)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class SplitPlan:
+    """A run cut into segments that other processes (GPUs, machines) can make: ``LipSyncPipeline.plan_split``."""
+
+    num_frames: int  # output frames (the audio's length)
+    fps: Fraction
+    width: int
+    height: int
+    group_frames: int  # segments start at multiples of this (the run's batch of frames)
+    track: FaceTrack
+    batches: dict
+
+    def segments(self, parts: int) -> list[Segment]:
+        """At most ``parts`` segments of near-equal length, cut at multiples of ``group_frames``."""
+        groups = -(-self.num_frames // self.group_frames)
+        parts = max(1, min(parts, groups))
+        cuts = [round(k * groups / parts) * self.group_frames for k in range(parts)] + [self.num_frames]
+        return [Segment(a, b, self.track, self.batches) for a, b in zip(cuts, cuts[1:])]
+
+
 class LipSyncPipeline:
     """Lip-syncs videos with loaded models. ``frames()`` yields the synced frames (every stage running at the same
     time); ``run()`` is its usual consumer: an mp4 with the audio muxed in, and/or a frame sink."""
@@ -180,50 +215,73 @@ class LipSyncPipeline:
         self.overlap = overlap  # False: the same stages one after another in the caller's thread (a baseline)
 
     def frames(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> "SyncedFrames":
+               should_cancel: Callable[[], bool] | None = None, segment: Segment | None = None) -> "SyncedFrames":
         """Start lip-syncing ``video`` (a path, a FrameSource, or (N, H, W, 3) frames at ``fps``) to ``audio`` (a
         path, a ComfyUI AUDIO dict or (waveform, rate)): probes the inputs, computes the audio features and plans
-        the memory; iterating the result yields the synced uint8 (n, H, W, 3) batches in order."""
+        the memory; iterating the result yields the synced uint8 (n, H, W, 3) batches in order.
+
+        ``segment`` (from ``plan_split``): only those output frames, equal to the same frames of the whole run."""
+        started = time.perf_counter()
+        run = self._start(video, audio, fps, progress, should_cancel, segment)
+        run.features = self.models.audio_encoder.features(run.samples)
+        self.models.use_attention(self.options.attention, self.options.lip_focus)
+        run.times.add("audio", time.perf_counter() - started)
+        return run
+
+    def plan_split(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> SplitPlan:
+        """Detect and smooth the face geometry of the whole clip (no pixels warped, no denoising) and fix the
+        batch sizes, so that the run can be cut into segments (``SplitPlan.segments``) made anywhere."""
+        run = self._start(video, audio, fps, progress, should_cancel, None)
+        track = run.track()
+        batches = {name: getattr(run.plan, name) for name in ("chunks_per_call", "vae_batch", "face_batch")}
+        return SplitPlan(run.num_frames, run.fps, run.width, run.height, run.group_frames, track, batches)
+
+    def _start(self, video, audio, fps, progress, should_cancel, segment: Segment | None) -> "SyncedFrames":
         from .audio import load_audio, require_video_frames
 
-        started = time.perf_counter()
         source = self._source(video, fps)
         samples = load_audio(audio)
         total = require_video_frames(len(samples), source.fps)
-        features = self.models.audio_encoder.features(samples)
+        if segment is not None and not 0 <= segment.start < segment.stop <= total:
+            raise ValueError(f"segment {segment.start}..{segment.stop} is outside the run's {total} frames")
         revisits = total > source.num_frames
         hardware = detect_hardware(str(self.models.device))
         plan = plan_memory(hardware, resolution=self.models.resolution, source_frames=source.num_frames,
                            frame_shape=(source.height, source.width), revisits=revisits,
                            optimization_level=self.options.optimization_level, memory_mode=self.options.memory_mode,
                            vram_fraction=self.options.vram_fraction, disk_cache=self.options.disk_cache)
+        if segment is not None:  # the whole run's batch sizes, whatever this device would choose
+            plan = dataclasses.replace(plan, **segment.batches)
         for reason in plan.reasons:
             log.info("memory plan: %s", reason)
-        self.models.use_attention(self.options.attention, self.options.lip_focus)
-        run = SyncedFrames(self, source, samples, features, total, plan, progress, should_cancel)
-        run.times.add("audio", time.perf_counter() - started)
-        return run
+        return SyncedFrames(self, source, samples, total, plan, progress, should_cancel, segment)
 
     def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
             progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
-            frame_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
-        """Lip-sync and deliver: an mp4 at ``output_path`` with the audio muxed in (written atomically), and/or
-        every batch to ``frame_sink`` (a copy it may keep); at least one of the two."""
+            frame_sink: Callable[[np.ndarray], None] | None = None, segment: Segment | None = None,
+            encoder: list[str] | None = None) -> RunResult:
+        """Lip-sync and deliver: a video at ``output_path`` with the audio muxed in (written atomically), and/or
+        every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
+
+        ``segment``: only those frames, and no audio (the parts are joined and the audio muxed once).
+        ``encoder``: ffmpeg video-encoder arguments (default: H.264, NVENC when it works)."""
         from .video import VideoWriter, write_wav
 
         if output_path is None and frame_sink is None:
             raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
-        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel)
+        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel, segment=segment)
         with contextlib.ExitStack() as stack:
             writer = None
             if output_path is not None:
-                audio_path = audio if isinstance(audio, (str, Path)) else None
+                audio_path = audio if isinstance(audio, (str, Path)) or segment is not None else None
                 if audio_path is None:  # in-memory audio is muxed from a private temp wav, at its own rate
                     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
                     audio_path = Path(folder) / "audio.wav"
                     write_wav(audio_path, *_waveform_and_rate(audio, synced.samples))
                 writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
-                                                         audio=audio_path))
+                                                         audio=None if segment is not None else audio_path,
+                                                         encoder=encoder))
             stack.enter_context(vram_cap(synced.plan, self.models.device, enabled=self.options.hard_vram_cap))
             for batch in stack.enter_context(contextlib.closing(iter(synced))):  # closed first: threads stop
                 if writer is not None:
@@ -252,10 +310,14 @@ class SyncedFrames:
     batches and redoes only the batch that failed (the generator rewound to its start), never the run.
     """
 
-    def __init__(self, pipeline: LipSyncPipeline, source: FrameSource, samples: np.ndarray, features: torch.Tensor,
-                 total: int, plan: MemoryPlan, progress: Progress | None, should_cancel: Callable[[], bool] | None):
+    def __init__(self, pipeline: LipSyncPipeline, source: FrameSource, samples: np.ndarray, total: int,
+                 plan: MemoryPlan, progress: Progress | None, should_cancel: Callable[[], bool] | None,
+                 segment: Segment | None = None):
         self.models, self.options, self.overlap = pipeline.models, pipeline.options, pipeline.overlap
-        self.source, self.samples, self.features, self.num_frames = source, samples, features, total
+        self.source, self.samples, self.num_frames = source, samples, total
+        self.features: torch.Tensor | None = None  # the audio's Whisper features, set before iterating
+        self.segment = segment
+        self.first, self.stop = (segment.start, segment.stop) if segment is not None else (0, total)
         self.fps, self.width, self.height = source.fps, source.width, source.height
         self.plan = plan
         self.report = progress or (lambda *_: None)
@@ -276,21 +338,53 @@ class SyncedFrames:
         self._done = True
         return self._synced()
 
+    @property
+    def group_frames(self) -> int:
+        """Frames per group: decoded, aligned and denoised together (segments start at multiples of it)."""
+        return self.models.chunk_size * self.plan.chunks_per_call
+
     def result(self, output_path: Path | None = None) -> RunResult:
         seconds = dict(self.times.seconds, total=time.perf_counter() - self._started)
-        without = self.num_frames - self.frames_with_face
+        count = self.stop - self.first
+        without = count - self.frames_with_face
         if without:
-            log.warning("%d of %d frames had no usable face and were passed through unchanged", without,
-                        self.num_frames)
+            log.warning("%d of %d frames had no usable face and were passed through unchanged", without, count)
+        self._warn_close_calls()
+        return RunResult(output_path, count, self.fps, without, self.plan, seconds)
+
+    def track(self) -> FaceTrack:
+        """Detection and smoothing alone over every source frame the run aligns, in the run's batches: the face
+        track that segments of this run are made from."""
+        faces = self._faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
+                                        device=self.models.device, face=self.options.face)
+        # the frames the run aligns: all of them when it revisits frames (ping-pong), else the ones it outputs
+        count = self.source.num_frames if self.num_frames > self.source.num_frames else self.num_frames
+        parts, position = [], 0
+        with contextlib.closing(self.source.batches(self.group_frames)) as batches:
+            for batch in batches:
+                self._check()
+                batch = batch[:count - position]
+                with self.times.measure("align"):
+                    parts.append(self._align(faces, batch, crop=False))
+                position += len(batch)
+                self.report("track faces", position, count)
+                if position >= count:
+                    break
+        track = FaceTrack.concatenate(parts)
+        if not bool(track.has_face.any()):
+            raise no_face_error(count)
+        self._warn_close_calls()
+        return track
+
+    def _warn_close_calls(self) -> None:
         close_calls = getattr(self._faces.chooser, "close_calls", 0) if self._faces is not None else 0
         if close_calls:
             log.warning("%d frames had two faces of nearly the same size: the largest-face choice can jump between "
                         "them; choose one with face = 1 (the leftmost), 2, ...", close_calls)
-        return RunResult(output_path, self.num_frames, self.fps, without, self.plan, seconds)
 
     def _synced(self) -> Iterator[np.ndarray]:
         log_memory("start")
-        group_frames = self.models.chunk_size * self.plan.chunks_per_call
+        group_frames = self.group_frames
         # in flight at most: one in each of the three stages, one in each queue behind them, one with the consumer
         pool = BufferPool(group_frames, self.height, self.width, count=7 if self.overlap else 2,
                           stopping=self.stopping)
@@ -305,37 +399,41 @@ class SyncedFrames:
         finally:
             self.stopping.set()
             groups.close()
-        if self.frames_with_face == 0:
+        if self.frames_with_face == 0 and self.segment is None:  # a segment's clip has a face somewhere
             raise no_face_error(self.num_frames)
         log_memory("end")
 
     # -- stage 1: decode -> detect / align -------------------------------------------------------------------
 
     def _aligned(self, pool: BufferPool, size: int) -> Iterator[Group]:
-        faces = self._faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
-                                        device=self.models.device, face=self.options.face)
+        known = self.segment.track if self.segment is not None else None  # a segment detects nothing
+        detector = self.models.face_detector(self.options.detector) if known is None else None
+        faces = self._faces = FaceStage(detector, self.models.resolution, device=self.models.device,
+                                        face=self.options.face)
         if self.num_frames > self.source.num_frames:
-            yield from self._revisited(faces, pool, size)
+            yield from self._revisited(faces, pool, size, known)
             return
-        produced = 0
-        batches = self.source.batches(size, pool.allocate)
-        while produced < self.num_frames:
+        produced = self.first
+        batches = self.source.batches(size, pool.allocate, *([produced] if produced else []))
+        while produced < self.stop:
             self._check()
             with self.times.measure("decode"):
                 batch = next(batches, None)
             if batch is None:
                 return
-            batch = batch[: self.num_frames - produced]
+            batch = batch[: self.stop - produced]
             with self.times.measure("align"):
-                aligned = self._align(faces, batch)
+                aligned = self._align(faces, batch, None if known is None else known.slice(produced, produced + len(batch)))
             self.frames_with_face += int(aligned.has_face.sum())
             yield Group(produced, batch, aligned)
             produced += len(batch)
 
-    def _revisited(self, faces: FaceStage, pool: BufferPool, size: int) -> Iterator[Group]:
+    def _revisited(self, faces: FaceStage, pool: BufferPool, size: int, known: FaceTrack | None) -> Iterator[Group]:
         """Ping-pong looping: align every source frame once, in order (as the reference does), keep the frames and
-        face crops (RAM or disk cache) and the small geometry (RAM), then replay them by index."""
+        face crops (RAM or disk cache) and the small geometry (RAM), then replay them by index. A segment crops
+        only the batches of source frames it replays, where the whole clip's track puts the faces."""
         count, res = self.source.num_frames, self.models.resolution
+        needed = None if known is None else {pingpong_index(i, count) // size for i in range(self.first, self.stop)}
         in_ram = isinstance(self.source, ArraySource)  # in-RAM frames are indexed where they are
         cache_dir = self.options.cache_dir
         with contextlib.ExitStack() as stack:
@@ -351,23 +449,28 @@ class SyncedFrames:
                     batch = next(batches, None)
                 if batch is None:
                     break
-                with self.times.measure("align"):
-                    aligned = self._align(faces, batch)
-                    if frames is not None:
-                        frames.write(position, batch)
-                    crops.write(position, aligned.faces.cpu().numpy())
+                if needed is None or position // size in needed:
+                    with self.times.measure("align"):
+                        aligned = self._align(
+                            faces, batch, None if known is None else known.slice(position, position + len(batch)))
+                        if frames is not None:
+                            frames.write(position, batch)
+                        crops.write(position, aligned.faces.cpu().numpy())
+                    affines.append(aligned.affine)
+                    has_faces.append(aligned.has_face)
+                    anchors.append(aligned.anchors)
                 pool.release(batch)
-                affines.append(aligned.affine)
-                has_faces.append(aligned.has_face)
-                anchors.append(aligned.anchors)
                 position += len(batch)
                 self.report("align faces", position, count)
-            affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
+            if known is None:
+                affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
+            else:
+                affine, has_face, anchors = known.affine.to(faces.device), known.has_face.to(faces.device), known.anchors
             if not bool(has_face.any()):
                 raise no_face_error(count)
-            for start in range(0, self.num_frames, size):
+            for start in range(self.first, self.stop, size):
                 self._check()
-                indices = [pingpong_index(i, count) for i in range(start, min(self.num_frames, start + size))]
+                indices = [pingpong_index(i, count) for i in range(start, min(self.stop, start + size))]
                 with self.times.measure("decode"):
                     buffer = pool.allocate((size, self.height, self.width, 3))[:len(indices)]
                     batch = self.source.at(indices, buffer) if in_ram else frames.read(indices, buffer)
@@ -376,15 +479,18 @@ class SyncedFrames:
                 self.frames_with_face += int(aligned.has_face.sum())
                 yield Group(start, batch, aligned)
 
-    def _align(self, faces: FaceStage, frames: np.ndarray):
-        """Detect and align in sub-batches of the plan's face batch; out of memory, the sub-batch is redone smaller
-        from the face stage's state before it (its smoothing carries across frames)."""
+    def _align(self, faces: FaceStage, frames: np.ndarray, known: FaceTrack | None = None, crop: bool = True):
+        """Detect and align in sub-batches of the plan's face batch (a segment crops where the ``known`` track puts
+        the faces; ``crop`` False: the track alone); out of memory, the sub-batch is redone smaller from the face
+        stage's state before it (its smoothing carries across frames)."""
         parts, start = [], 0
         while start < len(frames):
             size = self.plan.face_batch
             before = faces.snapshot()
             try:
-                parts.append(faces.align(frames[start:start + size]))
+                part = frames[start:start + size]
+                located = known.slice(start, start + size) if known is not None else faces.locate(part)
+                parts.append(faces.crop(part, located) if crop else located)
             except RuntimeError as error:
                 if not is_oom(error):
                     raise
@@ -392,7 +498,7 @@ class SyncedFrames:
                 self._shrink("face", error)
                 continue
             start += size
-        return parts[0] if len(parts) == 1 else AlignedBatch.concatenate(parts)
+        return parts[0] if len(parts) == 1 else type(parts[0]).concatenate(parts)
 
     # -- stage 2: VAE + UNet ---------------------------------------------------------------------------------
 
@@ -407,6 +513,7 @@ class SyncedFrames:
         denoiser = LipSyncDenoiser(models.unet, models.vae, _scheduler_config(), mask, settings, models.device,
                                    models.dtype)
         denoiser.start()
+        denoiser.skip(self.first)  # a segment's noise: the draws a whole run makes before its first frame
         device = torch.device(models.device)
         sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else None
         for group in groups:
@@ -414,7 +521,7 @@ class SyncedFrames:
             window = frame_windows(self.features, float(self.fps), start=group.start, stop=group.start + count)
             with self.times.measure("denoise", sync):
                 group.synced = self._denoise(denoiser, group, window)
-            self.report("lip-sync", group.start + count, self.num_frames)
+            self.report("lip-sync", group.start + count - self.first, self.stop - self.first)
             yield group
 
     def _denoise(self, denoiser: LipSyncDenoiser, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
@@ -431,7 +538,7 @@ class SyncedFrames:
 
         def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
             self._check()
-            self.report("lip-sync", group.start + count * step / steps, self.num_frames)
+            self.report("lip-sync", group.start - self.first + count * step / steps, self.stop - self.first)
 
         while True:
             state = denoiser.generator_state()

@@ -43,13 +43,13 @@ class CountingSource(VideoFileSource):
         super().__init__(path)
         self.batches_made, self.buffers, self.fail_at = 0, set(), fail_at
 
-    def batches(self, batch_size, allocate=None):
+    def batches(self, batch_size, allocate=None, start=0):
         def recording(shape):
             buffer = allocate(shape)
             self.buffers.add(id(buffer))
             return buffer
 
-        for batch in super().batches(batch_size, recording if allocate else None):
+        for batch in super().batches(batch_size, recording if allocate else None, start):
             if self.fail_at is not None and self.batches_made == self.fail_at:
                 raise MediaError(f"decoding {self.path} failed (invalid data): the file is corrupt or truncated")
             self.batches_made += 1

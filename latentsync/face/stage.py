@@ -38,6 +38,28 @@ def no_face_error(num_frames: int, source: str = "the video") -> NoFaceError:
 
 
 @dataclass
+class FaceTrack:
+    """Where the face is in consecutive frames: affine float32 (N, 2, 3) frame -> crop matrices (zeros where
+    has_face is False), has_face bool (N,), anchors float (N, 3, 2) (NaN where no face). About 100 bytes a frame on
+    the CPU: a whole clip's track fits in RAM and travels to other workers."""
+
+    affine: torch.Tensor
+    has_face: torch.Tensor
+    anchors: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.has_face.shape[0])
+
+    @classmethod
+    def concatenate(cls, tracks: list["FaceTrack"]) -> "FaceTrack":
+        return cls(torch.cat([t.affine for t in tracks]), torch.cat([t.has_face for t in tracks]),
+                   np.concatenate([t.anchors for t in tracks]))
+
+    def slice(self, start: int, stop: int) -> "FaceTrack":
+        return FaceTrack(self.affine[start:stop], self.has_face[start:stop], self.anchors[start:stop])
+
+
+@dataclass
 class AlignedBatch:
     """faces: uint8 (N, 3, R, R) on the stage's device (grey for frames without a face); affine: float32
     (N, 2, 3) frame -> crop matrices (zeros where has_face is False); has_face: bool (N,);
@@ -136,9 +158,9 @@ class FaceStage:
         m, self._bias = smooth_translation(m, residual, self._bias)
         return fp16_round(m) if self.fp16_matrices else m
 
-    def align(self, frames, anchors: list | None = None) -> AlignedBatch:
-        """Detect (unless ``anchors`` are given), fit, warp and resize. Frames without a face get grey faces,
-        zero matrices and has_face False; they are counted in ``frames_without_face``."""
+    def locate(self, frames, anchors: list | None = None) -> FaceTrack:
+        """Detect (unless ``anchors`` are given) and fit the smoothed frame -> crop matrices; no pixels move.
+        Frames without a face get zero matrices and has_face False; they are counted in ``frames_without_face``."""
         _check_frames(frames)
         n = len(frames)
         if anchors is None:
@@ -152,15 +174,25 @@ class FaceStage:
             pts[has] = np.stack([a for a in anchors if a is not None])
         self.frames_seen += n
         self.frames_without_face += int((~has).sum())
-        r = self.resolution
-        faces = torch.full((n, 3, r, r), int(FILL_VALUE), dtype=torch.uint8, device=self.device)
         affine = torch.zeros((n, 2, 3), dtype=torch.float32)
         if has.any():
-            idx = np.nonzero(has)[0]
-            m = self.affine_from_anchors(pts[idx])
-            affine[idx] = m
+            affine[torch.from_numpy(np.nonzero(has)[0])] = self.affine_from_anchors(pts[has])
+        return FaceTrack(affine, torch.from_numpy(has), pts)
+
+    def crop(self, frames, track: FaceTrack) -> AlignedBatch:
+        """Warp and resize the faces where ``track`` puts them (grey for frames without a face)."""
+        _check_frames(frames)
+        r = self.resolution
+        faces = torch.full((len(frames), 3, r, r), int(FILL_VALUE), dtype=torch.uint8, device=self.device)
+        idx = np.nonzero(track.has_face.cpu().numpy())[0]
+        if len(idx):
+            m = track.affine[torch.from_numpy(idx)]
             faces[torch.from_numpy(idx).to(self.device)] = self._warp_faces(frames, idx, m)
-        return AlignedBatch(faces, affine.to(self.device), torch.from_numpy(has).to(self.device), pts)
+        return AlignedBatch(faces, track.affine.to(self.device), track.has_face.to(self.device), track.anchors)
+
+    def align(self, frames, anchors: list | None = None) -> AlignedBatch:
+        """Detect (unless ``anchors`` are given), fit, warp and resize: ``crop`` where ``locate`` finds them."""
+        return self.crop(frames, self.locate(frames, anchors))
 
     def _warp_faces(self, frames, idx: np.ndarray, m: torch.Tensor) -> torch.Tensor:
         """Warp (bilinear, grey fill), truncate to uint8 as the reference does, Lanczos-resize to R x R.
