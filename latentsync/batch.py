@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,24 +127,49 @@ class JobRunner:
 
     def record(self, job: Job, args) -> dict:
         """The job run to its manifest record: done with its figures, or failed with its one sentence."""
-        from .pipeline import LipSyncPipeline
+        from .video import video_encoder
 
         started = time.perf_counter()
         try:
-            for name in ("video", "audio"):
-                if not getattr(job, name).is_file():
-                    raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
-            if args.resolution not in self.models:
-                self.models[args.resolution] = self.load_models(args, self.progress)
+            pipeline = self._pipeline(job, args)
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            result = LipSyncPipeline(self.models[args.resolution], self.pipeline_options(args)).run(
-                job.video, job.audio, job.output, progress=self.progress)
+            result = pipeline.run(job.video, job.audio, job.output, progress=self.progress,
+                                  encoder=video_encoder(args.codec))
         except Exception as error:  # one job's failure is its record, never the batch's end
             return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
-                              error=f"{type(error).__name__}: {error}")
+                              error=sentence(error))
         return job_record(job, status="done", frames=result.num_frames,
                           seconds=round(time.perf_counter() - started, 3),
                           frames_without_face=result.frames_without_face)
+
+    def plan_split(self, job: Job, args):
+        """The job's whole-clip face track and batch sizes, to cut it into segments (``--split``)."""
+        return self._pipeline(job, args).plan_split(job.video, job.audio, progress=self.progress)
+
+    def segment(self, job: Job, args, segment, path: Path) -> tuple[int, int]:
+        """One segment of the job written to ``path`` (video only, the job's codec): (frames, without a face)."""
+        from .video import video_encoder
+
+        result = self._pipeline(job, args).run(job.video, job.audio, path, segment=segment, progress=self.progress,
+                                               encoder=video_encoder(args.codec))
+        return result.num_frames, result.frames_without_face
+
+    def _pipeline(self, job: Job, args):
+        from .pipeline import LipSyncPipeline
+
+        for name in ("video", "audio"):
+            if not getattr(job, name).is_file():
+                raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
+        if args.resolution not in self.models:
+            self.models[args.resolution] = self.load_models(args, self.progress)
+        return LipSyncPipeline(self.models[args.resolution], self.pipeline_options(args))
+
+
+def sentence(error: BaseException) -> str:
+    """An error as the manifest records it: its type and its own sentence (a Ray task error's cause, without the
+    remote traceback)."""
+    error = getattr(error, "cause", None) or error
+    return f"{type(error).__name__}: {error}"
 
 
 def pending_jobs(jobs: list[Job], manifest: Path) -> list[Job]:
@@ -165,10 +192,12 @@ def run_jobs(jobs: list[Job], settings: dict, manifest: Path, runner: JobRunner,
 
 
 def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args: tuple, address: str | None,
-                    workers: int | None, announce=None) -> dict[str, int]:
+                    workers: int | None, announce=None, split: bool = False) -> dict[str, int]:
     """The same on a Ray cluster (a local one when ``address`` is None): one actor per GPU, or per CPU slot when
     there is none (``workers`` overrides the count), each loading the models once and taking the next job as it
-    frees. The driver writes the manifest; a lost worker costs the job it was running (recorded as failed)."""
+    frees. The driver writes the manifest; a lost worker costs the job it was running (recorded as failed).
+
+    ``split``: one job at a time, each cut into one segment per worker (``run_split_job``)."""
     try:
         import ray
         from ray.exceptions import RayActorError
@@ -190,13 +219,24 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args
         count = workers or gpus or int(resources.get("CPU", 1))
         actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(JobRunner)
         free = [actor.remote(*runner_args) for _ in range(count)]
-        queue, running, started = list(todo), {}, 0
-        while queue or running:
+        queue, running = list(todo), {}
+
+        def begin(job: Job) -> None:
+            if announce is not None:
+                announce(job, len(todo) - len(queue), len(todo))
+
+        def finish(record: dict) -> None:
+            append_record(manifest, record)
+            counts[record["status"]] += 1
+
+        while split and queue and free:  # one job at a time over every worker
+            job = queue.pop(0)
+            begin(job)
+            finish(run_split_job(ray, job, settings[job.index], free))
+        while not split and (queue or running):  # whole jobs, each to the next free worker
             while free and queue:
                 job = queue.pop(0)
-                started += 1
-                if announce is not None:
-                    announce(job, started, len(todo))
+                begin(job)
                 worker = free.pop()
                 running[worker.record.remote(job, settings[job.index])] = (job, worker)
             if not running:
@@ -209,11 +249,57 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args
             except RayActorError as error:  # the worker died (killed, its node lost): its job failed
                 record = job_record(job, status="failed", error=f"the Ray worker running it was lost "
                                                                  f"({type(error).__name__}); run again to redo it")
-            append_record(manifest, record)
-            counts[record["status"]] += 1
+            finish(record)
         for job in queue:  # every worker was lost: the rest waits for the next run
-            counts["failed"] += 1
-            append_record(manifest, job_record(job, status="failed", error="no Ray worker left"))
+            finish(job_record(job, status="failed", error="no Ray worker left"))
     finally:
         ray.shutdown()
     return counts
+
+
+def run_split_job(ray, job: Job, args, workers: list) -> dict:
+    """One job over several Ray workers, equal frame for frame to a run on one: a worker tracks the face over the
+    whole clip first (detection and smoothing, small), then each worker makes one segment (cut at a multiple of
+    the run's batch of frames, its generator replayed to the segment's start) and encodes it; the driver joins the
+    segments without re-encoding and muxes the audio once. The segments live in a hidden folder beside the
+    output, removed whatever happens; workers lost on the way are dropped from ``workers``."""
+    from ray.exceptions import RayActorError
+
+    from .video import join_videos
+
+    started = time.perf_counter()
+    parts = None
+    try:
+        plan = ray.get(workers[0].plan_split.remote(job, args))
+        segments = plan.segments(len(workers))
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        parts = Path(tempfile.mkdtemp(prefix=f".{job.output.name}.parts-", dir=job.output.parent))
+        paths = [parts / f"{k:04d}{job.output.suffix or '.mp4'}" for k in range(len(segments))]
+        made = [(worker, worker.segment.remote(job, args, segment, path))
+                for worker, segment, path in zip(workers, segments, paths)]
+        results, failure = [], None
+        for worker, made_ref in made:  # every segment waited for, so none still writes when the parts go
+            try:
+                results.append(ray.get(made_ref))
+            except RayActorError as error:
+                workers.remove(worker)
+                failure = failure or RuntimeError(f"the Ray worker making a segment was lost ({type(error).__name__}); "
+                                                  "run again to redo the job")
+            except Exception as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
+        join_videos(paths, job.output, float(plan.num_frames / plan.fps), audio=job.audio)
+    except RayActorError as error:  # the worker tracking the faces was lost
+        workers.remove(workers[0])
+        return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
+                          error=f"the Ray worker running it was lost ({type(error).__name__}); run again to redo it")
+    except Exception as error:
+        return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
+                          error=sentence(error))
+    finally:
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)
+    return job_record(job, status="done", frames=sum(r[0] for r in results), segments=len(segments),
+                      seconds=round(time.perf_counter() - started, 3),
+                      frames_without_face=sum(r[1] for r in results))

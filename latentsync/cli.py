@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .checkpoints import VERSIONS
 
-from .options import LOAD, RUN, check_all
+from .options import LOAD, LOSSLESS_SUFFIXES, OUTPUT, RUN, check_all
 
 RESOLUTION_TO_VERSION = {str(v.resolution): name for name, v in VERSIONS.items()}
 DISK_CACHE_CHOICES = {"auto": None, "on": True, "off": False}
@@ -30,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Many videos: python -m latentsync batch JOBS (see --help there).")
     parser.add_argument("--video", required=True, help="input video file (any format ffmpeg reads)")
     parser.add_argument("--audio", required=True, help="speech track (wav, mp3, m4a, ... or a video with audio)")
-    parser.add_argument("--out", required=True, help="output .mp4 (written atomically when complete)")
+    parser.add_argument("--out", required=True, help="output .mp4 (.mkv with --codec ffv1), written atomically when "
+                                                      "complete")
     add_run_options(parser)
     return parser
 
 
 # the options a batch job may set per job (by these names, as columns or keys): everything of one run
-JOB_OPTIONS = ("resolution", "steps", "seed", "guidance", "attention", "lip_focus", "deepcache",
+JOB_OPTIONS = ("resolution", "codec", "steps", "seed", "guidance", "attention", "lip_focus", "deepcache",
                "optimization_level", "memory_mode", "vram_fraction", "disk_cache", "face", "detector")
 
 
@@ -45,6 +46,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
                         help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = LatentSync "
                              "1.5 (default 512)")
+    parser.add_argument("--codec", choices=OUTPUT["codec"].choices, default=OUTPUT["codec"].default,
+                        help=f"{OUTPUT['codec'].help} (default {OUTPUT['codec'].default})")
     _option(parser, "--steps", "steps")
     _option(parser, "--seed", "seed")
     _option(parser, "--guidance", "guidance_scale")
@@ -112,6 +115,13 @@ def check_arguments(args) -> None:
         raise PermissionError(f"--out: the folder {folder} is not writable: choose another output path or make it "
                               "writable")
     check_all(RUN, {name: getattr(args, name) for name in RUN if name != "disk_cache"})
+    check_output(out, args.codec, "--out")
+
+
+def check_output(out: Path, codec: str, what: str) -> None:
+    """FFV1 goes in Matroska only: one sentence before any work when the output name says otherwise."""
+    if codec == "ffv1" and out.suffix.lower() not in LOSSLESS_SUFFIXES:
+        raise ValueError(f"{what} {out}: codec ffv1 writes Matroska; give a name ending in .mkv")
 
 
 def pipeline_options(args):
@@ -141,8 +151,13 @@ def batch_main(argv: list[str]) -> int:
                         help="run the jobs on a Ray cluster at ADDRESS (a local one without): one worker per GPU, or "
                              "per CPU slot; needs pip install -r requirements-ray.txt and paths every node sees")
     parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU or CPU slot)")
+    parser.add_argument("--split", action="store_true",
+                        help="with --ray: one job at a time, cut into one segment per worker; the joined output "
+                             "equals a run on one worker frame for frame (for long videos)")
     add_run_options(parser)
     args = parser.parse_args(argv)
+    if args.split and args.ray is None:
+        parser.error("--split cuts a job across Ray workers: add --ray [ADDRESS]")
     for name in ("checkpoints", "unet_config"):  # workers may run elsewhere: absolute paths
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
@@ -153,8 +168,10 @@ def batch_main(argv: list[str]) -> int:
     try:
         jobs = batch.read_jobs(args.jobs, set(by_name))
         settings = {job.index: _job_arguments(args, job, by_name) for job in jobs}  # all checked up front
-        for job_args in settings.values():
+        for job in jobs:
+            job_args = settings[job.index]
             check_all(RUN, {name: getattr(job_args, name) for name in RUN if name != "disk_cache"})
+            check_output(job.output, job_args.codec, f"job {job.index}: output")
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -171,7 +188,8 @@ def batch_main(argv: list[str]) -> int:
             counts = batch.run_jobs(jobs, settings, manifest, runner, announce)
         else:
             counts = batch.run_jobs_on_ray(jobs, settings, manifest, (load_models, pipeline_options),
-                                           None if args.ray == "local" else args.ray, args.workers, announce)
+                                           None if args.ray == "local" else args.ray, args.workers, announce,
+                                           split=args.split)
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
@@ -213,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
         from .pipeline import LipSyncPipeline
+        from .video import video_encoder
 
         options = pipeline_options(args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         models = load_models(args, progress)
-        result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
+        result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress,
+                                                      encoder=video_encoder(args.codec))
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: no output was written and temporary files were removed", file=sys.stderr)

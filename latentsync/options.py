@@ -72,6 +72,14 @@ RUN = {
                       choices=FACE_DETECTORS),
 }
 
+# Output parameters: how the video file is written (the command line; ComfyUI's Save Video node does its own).
+OUTPUT = {
+    "codec": Param("codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska (.mkv): "
+                   "large files whose frames decode to exactly what the pipeline made (masters, comparisons).",
+                   choices=("h264", "ffv1")),
+}
+LOSSLESS_SUFFIXES = (".mkv",)  # containers that hold FFV1
+
 # Load parameters: what a set of weights is loaded as.
 LOAD = {
     "version": Param("version", "1.6", "LatentSync 1.6 (512 px faces) or 1.5 (256 px).", choices=VERSIONS),

@@ -1,13 +1,13 @@
 """Video I/O: probe and stream-decode (PyAV), encode through an ffmpeg pipe (NVENC when present), mux audio."""
 
 from .errors import FFmpegNotFoundError, MediaError
-from .ffmpeg import choose_video_encoder, find_ffmpeg, nvenc_available
+from .ffmpeg import choose_video_encoder, find_ffmpeg, nvenc_available, video_encoder
 from .rates import NTSC_RATES, frame_rate
 from .reader import VideoInfo, count_frames, iter_frame_batches, probe_video, read_frames
-from .writer import VideoWriter, write_wav
+from .writer import VideoWriter, join_videos, write_wav
 
 __all__ = [
     "FFmpegNotFoundError", "MediaError", "NTSC_RATES", "VideoInfo", "VideoWriter", "choose_video_encoder",
     "count_frames", "find_ffmpeg", "frame_rate", "iter_frame_batches", "nvenc_available", "probe_video",
-    "read_frames", "write_wav",
+    "join_videos", "read_frames", "video_encoder", "write_wav",
 ]

@@ -95,3 +95,14 @@ def choose_video_encoder(quality: int = 18, ffmpeg: str | None = None) -> list[s
     if "libopenh264" in encoders:
         return ["-c:v", "libopenh264", "-b:v", "8M", "-pix_fmt", "yuv420p"]
     return ["-c:v", "mpeg4", "-q:v", "2", "-pix_fmt", "yuv420p"]
+
+
+
+def video_encoder(codec: str = "h264", quality: int = 18, ffmpeg: str | None = None) -> list[str]:
+    """ffmpeg output arguments for ``codec``: ``choose_video_encoder`` for h264; FFV1 for ffv1, whose RGB frames
+    decode to exactly the frames written (for masters, and to compare runs pixel for pixel)."""
+    if codec == "ffv1":
+        return ["-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0"]
+    if codec != "h264":
+        raise ValueError(f"codec must be h264 or ffv1; got {codec!r}")
+    return choose_video_encoder(quality, ffmpeg)

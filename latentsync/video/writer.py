@@ -211,21 +211,12 @@ class VideoWriter:
         return float(self.frames_written / self.fps)
 
     def _container_flags(self) -> list[str]:
-        return ["-movflags", "+faststart"] if self._suffix.lower() in (".mp4", ".mov", ".m4v") else []
+        return _container_flags(self._suffix)
 
     def _mux(self) -> Path:
         self._mux_temp = _temp_path(self.out_path.parent, self.out_path.name, ".mux" + self._suffix)
-        seek = ["-ss", f"{self.audio_offset:.6f}"] if self.audio_offset > 0 else []
-        args = [self.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-                "-i", str(self._video_temp), *seek, "-i", str(self.audio),
-                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", self.audio_bitrate,
-                "-t", f"{self.duration:.6f}", *self._container_flags(), str(self._mux_temp)]
-        result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, check=False)
-        if result.returncode != 0:
-            detail = result.stderr.decode(errors="replace").strip()[-1500:]
-            raise MediaError(f"muxing the audio from {self.audio} failed ({detail}): check that it is a "
-                             "readable audio file with an audio stream")
+        _copy_video(self.ffmpeg, ["-i", str(self._video_temp)], self._mux_temp, self.duration, self.audio,
+                    self.audio_offset, self.audio_bitrate)
         return self._mux_temp
 
     def _fail(self, what: str) -> None:
@@ -243,6 +234,50 @@ class VideoWriter:
         _remove(self._video_temp)
         _remove(self._mux_temp)
         self._video_temp = self._mux_temp = None
+
+
+def join_videos(parts: Sequence[str | Path], out_path: str | Path, duration: float, audio: str | Path | None = None,
+                audio_bitrate: str = "192k", ffmpeg: str | None = None) -> Path:
+    """Join videos encoded alike (the segments of one run) into ``out_path`` without re-encoding them, with
+    ``audio`` muxed in (trimmed to ``duration`` seconds); published atomically like ``VideoWriter``'s output."""
+    out_path = Path(out_path)
+    ffmpeg = ffmpeg or find_ffmpeg()
+    listing = _temp_path(out_path.parent, out_path.name, ".parts.txt")
+    temp = _temp_path(out_path.parent, out_path.name, ".join" + (out_path.suffix or ".mp4"))
+    try:  # the concat demuxer's list: one quoted absolute path per line
+        listing.write_text("".join("file '" + str(Path(part).resolve()).replace("'", "'\\''") + "'\n"
+                                   for part in parts))
+        _copy_video(ffmpeg, ["-f", "concat", "-safe", "0", "-i", str(listing)], temp, duration, audio, 0.0,
+                    audio_bitrate)
+        os.replace(temp, out_path)
+    finally:
+        _remove(listing)
+        _remove(temp)
+    return out_path
+
+
+def _container_flags(suffix: str) -> list[str]:
+    return ["-movflags", "+faststart"] if suffix.lower() in (".mp4", ".mov", ".m4v") else []
+
+
+def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float, audio: Path | None,
+                audio_offset: float, audio_bitrate: str) -> None:
+    """The video stream copied as it is into ``out``, with ``audio`` (AAC, from ``audio_offset`` seconds on,
+    trimmed to ``duration``) when given."""
+    if audio is not None:
+        seek = ["-ss", f"{audio_offset:.6f}"] if audio_offset > 0 else []
+        sound = [*seek, "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate,
+                 "-t", f"{duration:.6f}"]
+    else:
+        sound = ["-map", "0:v:0"]
+    args = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *video_input, *sound, "-c:v", "copy",
+            *_container_flags(out.suffix), str(out)]
+    result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip()[-1500:]
+        what = f"muxing the audio from {audio}" if audio is not None else f"writing {out}"
+        raise MediaError(f"{what} failed ({detail}): check that the inputs are readable video and audio files")
 
 
 def write_wav(path: str | Path, waveform, sample_rate: int) -> Path:
