@@ -10,7 +10,6 @@ the batch command loads them once. Ray runs the same jobs on a local cluster wit
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,10 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from comfyui_server import write_clip, write_speech  # noqa: E402
-from report import write_report  # noqa: E402
-
-MEDIA = REPO.parent / "shared" / "media"
+from report import tiny_cli_inputs, write_report  # noqa: E402
 
 
 def timed(command: list[str], env: dict) -> float:
@@ -41,16 +37,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.64)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "batch.json"))
     args = parser.parse_args()
-    from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 
     with tempfile.TemporaryDirectory(prefix="latentsync-batch-bench-") as tmp:
         folder = Path(tmp)
-        config = make_tiny_checkpoints(folder / "checkpoints")
-        video = write_clip(MEDIA, folder, "clip.mp4", args.seconds, scale=2)
-        audio = write_speech(MEDIA, folder, "speech.wav", args.seconds)
-        common = ["--checkpoints", str(folder / "checkpoints"), "--unet-config", str(config), "--detector", "dlib",
-                  "--device", "cpu", "--steps", "1", "--resolution", "256", "--quiet"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        video, audio, common, env = tiny_cli_inputs(folder, args.seconds)
         cli = [sys.executable, "-m", "latentsync"]
         loop = sum(timed(cli + ["--video", str(video), "--audio", str(audio), "--out", str(folder / f"loop{i}.mp4"),
                                 "--seed", str(i)] + common, env) for i in range(args.jobs))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,10 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from comfyui_server import write_clip, write_speech  # noqa: E402
-from report import write_report  # noqa: E402
-
-MEDIA = REPO.parent / "shared" / "media"
+from report import tiny_cli_inputs, write_report  # noqa: E402
 
 
 def main() -> int:
@@ -36,17 +32,12 @@ def main() -> int:
     args = parser.parse_args()
     import numpy as np
 
-    from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
     from latentsync.video import iter_frame_batches
 
     with tempfile.TemporaryDirectory(prefix="latentsync-split-bench-") as tmp:
         folder = Path(tmp)
-        config = make_tiny_checkpoints(folder / "checkpoints")
-        video = write_clip(MEDIA, folder, "clip.mp4", args.seconds, scale=2)
-        audio = write_speech(MEDIA, folder, "speech.wav", args.seconds)
-        common = ["--checkpoints", str(folder / "checkpoints"), "--unet-config", str(config), "--detector", "dlib",
-                  "--device", "cpu", "--steps", "1", "--codec", "ffv1", "--quiet", "--ray"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        video, audio, common, env = tiny_cli_inputs(folder, args.seconds)
+        common += ["--codec", "ffv1", "--ray"]
         seconds, records = {}, {}
         for name, extra in (("1 worker, whole job (baseline)", ["--workers", "1"]),
                             ("2 workers, --split", ["--workers", "2", "--split"])):

@@ -42,3 +42,23 @@ def write_report(report: dict, out: str | Path) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
     print(text)
+
+
+def tiny_cli_inputs(folder: Path, seconds: float) -> tuple[Path, Path, list[str], dict]:
+    """What the command-line benchmarks run on: tiny checkpoints, the first ``seconds`` of demo1 at half size
+    (540x960) and as much speech in ``folder``; the flags of a CPU run on them (dlib, 1 step, 256 px faces) and an
+    environment with torch on one thread per process. Returns (video, audio, flags, env)."""
+    import os
+
+    from comfyui_server import write_clip, write_speech  # tests/ is on the benchmarks' path
+    from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+
+    repo = Path(__file__).resolve().parents[1]
+    media = repo.parent / "shared" / "media"
+    config = make_tiny_checkpoints(folder / "checkpoints")
+    video = write_clip(media, folder, "clip.mp4", seconds, scale=2)
+    audio = write_speech(media, folder, "speech.wav", seconds)
+    flags = ["--checkpoints", str(folder / "checkpoints"), "--unet-config", str(config), "--detector", "dlib",
+             "--device", "cpu", "--steps", "1", "--resolution", "256", "--quiet"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    return video, audio, flags, env

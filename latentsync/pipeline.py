@@ -245,6 +245,9 @@ class LipSyncPipeline:
         total = require_video_frames(len(samples), source.fps)
         if segment is not None and not 0 <= segment.start < segment.stop <= total:
             raise ValueError(f"segment {segment.start}..{segment.stop} is outside the run's {total} frames")
+        if segment is not None and segment.start % (self.models.chunk_size * segment.batches["chunks_per_call"]):
+            raise ValueError(f"segment {segment.start}..{segment.stop} does not start at a batch of the run: take "
+                             "segments from plan_split(...).segments(n)")
         revisits = total > source.num_frames
         hardware = detect_hardware(str(self.models.device))
         plan = plan_memory(hardware, resolution=self.models.resolution, source_frames=source.num_frames,
@@ -423,7 +426,8 @@ class SyncedFrames:
                 return
             batch = batch[: self.stop - produced]
             with self.times.measure("align"):
-                aligned = self._align(faces, batch, None if known is None else known.slice(produced, produced + len(batch)))
+                part = None if known is None else known.slice(produced, produced + len(batch))
+                aligned = self._align(faces, batch, part)
             self.frames_with_face += int(aligned.has_face.sum())
             yield Group(produced, batch, aligned)
             produced += len(batch)
@@ -465,7 +469,8 @@ class SyncedFrames:
             if known is None:
                 affine, has_face, anchors = torch.cat(affines), torch.cat(has_faces), np.concatenate(anchors)
             else:
-                affine, has_face, anchors = known.affine.to(faces.device), known.has_face.to(faces.device), known.anchors
+                affine, has_face, anchors = (known.affine.to(faces.device), known.has_face.to(faces.device),
+                                             known.anchors)
             if not bool(has_face.any()):
                 raise no_face_error(count)
             for start in range(self.first, self.stop, size):

@@ -146,7 +146,8 @@ def decoded(path: Path):
 def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, media_dir):
     """--split: each job cut at a 16-frame boundary into one segment per Ray worker (2), joined without
     re-encoding. Lossless FFV1 shows the joined frames are the single run's exactly, with the video played
-    backward across the cut (ping-pong); the H.264 job has every frame and the audio; no part is left behind."""
+    backward across the cut (ping-pong); the H.264 job has every frame and the audio; a job with a missing input
+    fails with its sentence; no part is left behind."""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
     import av
     import numpy as np
@@ -159,15 +160,16 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
         jobs[name] = tmp_path / name / "jobs.csv"
         jobs[name].write_text("video,audio,output,codec\n"
                               f"{folder / 'clip_25.00.mp4'},{audio},out/lossless.mkv,ffv1\n")
-    jobs["split"].write_text(jobs["split"].read_text() + f"{folder / 'clip_25.00.mp4'},{audio},out/small.mp4,h264\n")
+    jobs["split"].write_text(jobs["split"].read_text() + f"{folder / 'clip_25.00.mp4'},{audio},out/small.mp4,h264\n"
+                             f"{folder / 'missing.mp4'},{audio},out/never.mp4,h264\n")
     one_thread = {"OMP_NUM_THREADS": "1"}
     single = batch(workspace, jobs["single"], env=one_thread)
     assert single.returncode == 0, single.stderr
     split = batch(workspace, jobs["split"], "--ray", "--workers", "2", "--split", env=one_thread)
-    assert split.returncode == 0, split.stderr
-    assert "2 done, 0 already complete, 0 failed" in split.stdout
-    manifest = records(tmp_path / "split" / "jobs.manifest.jsonl")
+    assert split.returncode == 1 and "2 done, 0 already complete, 1 failed" in split.stdout, split.stderr
+    *manifest, failed = records(tmp_path / "split" / "jobs.manifest.jsonl")
     assert [(r["status"], r["frames"], r["segments"]) for r in manifest] == [("done", 30, 2)] * 2
+    assert failed["status"] == "failed" and failed["error"].startswith("FileNotFoundError: video file not found")
     lossless = [decoded(tmp_path / name / "out" / "lossless.mkv") for name in ("single", "split")]
     assert lossless[0].shape[0] == 30 and np.array_equal(*lossless)
     small = tmp_path / "split" / "out" / "small.mp4"

@@ -9,7 +9,8 @@ _EXPORTS = {
     "FaceDetector": "detectors", "InsightFaceDetector": "detectors", "DlibDetector": "detectors",
     "create_detector": "detectors", "available_detectors": "detectors",
     "CropGeometry": "geometry",
-    "FaceStage": "stage", "AlignedBatch": "stage", "FaceTrack": "stage", "NoFaceError": "stage", "no_face_error": "stage",
+    "FaceStage": "stage", "AlignedBatch": "stage", "FaceTrack": "stage", "NoFaceError": "stage",
+    "no_face_error": "stage",
 }
 __all__ = sorted(_EXPORTS)
 

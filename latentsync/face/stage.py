@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import kornia
@@ -37,8 +37,25 @@ def no_face_error(num_frames: int, source: str = "the video") -> NoFaceError:
     )
 
 
+class _PerFrame:
+    """A dataclass whose fields all hold one row per frame (tensors or arrays): sliced and joined alike."""
+
+    def __len__(self) -> int:
+        return int(self.has_face.shape[0])
+
+    @classmethod
+    def concatenate(cls, items: list):
+        def join(rows):
+            return torch.cat(rows) if isinstance(rows[0], torch.Tensor) else np.concatenate(rows)
+
+        return cls(*(join([getattr(item, f.name) for item in items]) for f in fields(cls)))
+
+    def slice(self, start: int, stop: int):
+        return type(self)(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+
+
 @dataclass
-class FaceTrack:
+class FaceTrack(_PerFrame):
     """Where the face is in consecutive frames: affine float32 (N, 2, 3) frame -> crop matrices (zeros where
     has_face is False), has_face bool (N,), anchors float (N, 3, 2) (NaN where no face). About 100 bytes a frame on
     the CPU: a whole clip's track fits in RAM and travels to other workers."""
@@ -47,20 +64,9 @@ class FaceTrack:
     has_face: torch.Tensor
     anchors: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.has_face.shape[0])
-
-    @classmethod
-    def concatenate(cls, tracks: list["FaceTrack"]) -> "FaceTrack":
-        return cls(torch.cat([t.affine for t in tracks]), torch.cat([t.has_face for t in tracks]),
-                   np.concatenate([t.anchors for t in tracks]))
-
-    def slice(self, start: int, stop: int) -> "FaceTrack":
-        return FaceTrack(self.affine[start:stop], self.has_face[start:stop], self.anchors[start:stop])
-
 
 @dataclass
-class AlignedBatch:
+class AlignedBatch(_PerFrame):
     """faces: uint8 (N, 3, R, R) on the stage's device (grey for frames without a face); affine: float32
     (N, 2, 3) frame -> crop matrices (zeros where has_face is False); has_face: bool (N,);
     anchors: float (N, 3, 2) detected anchor points (NaN where no face)."""
@@ -69,18 +75,6 @@ class AlignedBatch:
     affine: torch.Tensor
     has_face: torch.Tensor
     anchors: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.has_face.shape[0])
-
-    @classmethod
-    def concatenate(cls, batches: list["AlignedBatch"]) -> "AlignedBatch":
-        return cls(torch.cat([b.faces for b in batches]), torch.cat([b.affine for b in batches]),
-                   torch.cat([b.has_face for b in batches]), np.concatenate([b.anchors for b in batches]))
-
-    def slice(self, start: int, stop: int) -> "AlignedBatch":
-        return AlignedBatch(self.faces[start:stop], self.affine[start:stop], self.has_face[start:stop],
-                            self.anchors[start:stop])
 
 
 def _check_frames(frames) -> None:
