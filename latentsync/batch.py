@@ -142,9 +142,17 @@ class JobRunner:
                           seconds=round(time.perf_counter() - started, 3),
                           frames_without_face=result.frames_without_face)
 
-    def plan_split(self, job: Job, args):
+    def frames_to_track(self, job: Job, args) -> int:
+        """How many frames the job's face track covers (``--split`` shares their detection among workers)."""
+        return self._pipeline(job, args).frames_to_track(job.video, job.audio)
+
+    def detect_faces(self, job: Job, args, start: int, stop: int):
+        """The detections of frames start .. stop - 1 of the job's video."""
+        return self._pipeline(job, args).detect_faces(job.video, start, stop)
+
+    def plan_split(self, job: Job, args, anchors=None):
         """The job's whole-clip face track and batch sizes, to cut it into segments (``--split``)."""
-        return self._pipeline(job, args).plan_split(job.video, job.audio, progress=self.progress)
+        return self._pipeline(job, args).plan_split(job.video, job.audio, progress=self.progress, anchors=anchors)
 
     def segment(self, job: Job, args, segment, path: Path) -> tuple[int, int]:
         """One segment of the job written to ``path`` (video only, the job's codec): (frames, without a face)."""
@@ -258,42 +266,33 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Path, runner_args
 
 
 def run_split_job(ray, job: Job, args, workers: list) -> dict:
-    """One job over several Ray workers, equal frame for frame to a run on one: a worker tracks the face over the
-    whole clip first (detection and smoothing, small), then each worker makes one segment (cut at a multiple of
-    the run's batch of frames, its generator replayed to the segment's start) and encodes it; the driver joins the
-    segments without re-encoding and muxes the audio once. The segments live in a hidden folder beside the
-    output, removed whatever happens; workers lost on the way are dropped from ``workers``."""
-    from ray.exceptions import RayActorError
+    """One job over several Ray workers, equal frame for frame to a run on one. First the face track of the whole
+    clip (small): with the default face choice every worker detects a part of the frames and one smooths them all
+    in order; otherwise one worker detects in order. Then each worker makes one segment (cut at a multiple of the
+    run's batch of frames, its generator replayed to the segment's start) and encodes it; the driver joins the
+    segments without re-encoding and muxes the audio once. The segments live in a hidden folder beside the output,
+    removed whatever happens; workers lost on the way are dropped from ``workers``."""
+    import numpy as np
 
     from .video import join_videos
 
     started = time.perf_counter()
     parts = None
     try:
-        plan = ray.get(workers[0].plan_split.remote(job, args))
+        anchors = None
+        if args.face == 0 and len(workers) > 1:
+            count = _gather(ray, [(workers[0], workers[0].frames_to_track.remote(job, args))], workers)[0]
+            cuts = [round(k * count / len(workers)) for k in range(len(workers) + 1)]
+            anchors = np.concatenate(_gather(ray, [(worker, worker.detect_faces.remote(job, args, a, b))
+                                                   for worker, a, b in zip(workers, cuts, cuts[1:]) if b > a], workers))
+        plan = _gather(ray, [(workers[0], workers[0].plan_split.remote(job, args, anchors))], workers)[0]
         segments = plan.segments(len(workers))
         job.output.parent.mkdir(parents=True, exist_ok=True)
         parts = Path(tempfile.mkdtemp(prefix=f".{job.output.name}.parts-", dir=job.output.parent))
         paths = [parts / f"{k:04d}{job.output.suffix or '.mp4'}" for k in range(len(segments))]
-        made = [(worker, worker.segment.remote(job, args, segment, path))
-                for worker, segment, path in zip(workers, segments, paths)]
-        results, failure = [], None
-        for worker, made_ref in made:  # every segment waited for, so none still writes when the parts go
-            try:
-                results.append(ray.get(made_ref))
-            except RayActorError as error:
-                workers.remove(worker)
-                failure = failure or RuntimeError(f"the Ray worker making a segment was lost ({type(error).__name__}); "
-                                                  "run again to redo the job")
-            except Exception as error:
-                failure = failure or error
-        if failure is not None:
-            raise failure
+        results = _gather(ray, [(worker, worker.segment.remote(job, args, segment, path))
+                                for worker, segment, path in zip(workers, segments, paths)], workers)
         join_videos(paths, job.output, float(plan.num_frames / plan.fps), audio=job.audio)
-    except RayActorError as error:  # the worker tracking the faces was lost
-        workers.remove(workers[0])
-        return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
-                          error=f"the Ray worker running it was lost ({type(error).__name__}); run again to redo it")
     except Exception as error:
         return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),
                           error=sentence(error))
@@ -303,3 +302,24 @@ def run_split_job(ray, job: Job, args, workers: list) -> dict:
     return job_record(job, status="done", frames=sum(r[0] for r in results), segments=len(segments),
                       seconds=round(time.perf_counter() - started, 3),
                       frames_without_face=sum(r[1] for r in results))
+
+
+def _gather(ray, calls: list[tuple], workers: list) -> list:
+    """The results of (worker, call) pairs in order, after every call has ended (so none still writes when this
+    returns); a lost worker is dropped from ``workers``; the first failure is raised then."""
+    from ray.exceptions import RayActorError
+
+    results, failure = [], None
+    for worker, call in calls:
+        try:
+            results.append(ray.get(call))
+        except RayActorError as error:  # killed, or its node lost
+            if worker in workers:
+                workers.remove(worker)
+            failure = failure or RuntimeError(f"a Ray worker of the job was lost ({type(error).__name__}); run "
+                                              "again to redo it")
+        except Exception as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return results

@@ -229,13 +229,52 @@ class LipSyncPipeline:
         return run
 
     def plan_split(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
-                   should_cancel: Callable[[], bool] | None = None) -> SplitPlan:
+                   should_cancel: Callable[[], bool] | None = None, anchors: np.ndarray | None = None) -> SplitPlan:
         """Detect and smooth the face geometry of the whole clip (no pixels warped, no denoising) and fix the
-        batch sizes, so that the run can be cut into segments (``SplitPlan.segments``) made anywhere."""
+        batch sizes, so that the run can be cut into segments (``SplitPlan.segments``) made anywhere.
+
+        ``anchors``: the detections of every frame to track, from ``detect_faces`` over parts of the clip (made in
+        parallel); only the smoothing is left to do then, and no frame is decoded."""
         run = self._start(video, audio, fps, progress, should_cancel, None)
-        track = run.track()
+        track = run.track(anchors)
         batches = {name: getattr(run.plan, name) for name in ("chunks_per_call", "vae_batch", "face_batch")}
         return SplitPlan(run.num_frames, run.fps, run.width, run.height, run.group_frames, track, batches)
+
+    def frames_to_track(self, video, audio, *, fps: float | None = None) -> int:
+        """How many source frames a run aligns (and ``plan_split`` wants anchors for): from the first on, all of
+        them when the audio outlasts the video (ping-pong), else as many as the output has."""
+        run = self._start(video, audio, fps, None, None, None)
+        return run.frames_to_track
+
+    def detect_faces(self, video, start: int, stop: int, *, fps: float | None = None,
+                     should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """Anchors (stop - start, 3, 2) of the largest face in source frames start .. stop - 1 (NaN where none):
+        the detection of the default face choice, which looks at each frame alone, so parts of a clip can be
+        detected in parallel and joined for ``plan_split``. (Following one person, ``face`` = N, is sequential.)"""
+        if self.options.face:
+            raise ValueError("detect_faces serves the largest-face choice (face = 0): face = N follows one person "
+                             "from frame to frame, so its detection runs in order (plan_split)")
+        from .face import LargestFace
+
+        source = self._source(video, fps)
+        detector = self.models.face_detector(self.options.detector)
+        parts, position = [], start
+        with contextlib.closing(source.batches(self.models.chunk_size, None, *([start] if start else []))) as batches:
+            for batch in batches:
+                _check_cancel(should_cancel)
+                batch = batch[:stop - position]
+                found = detector.detect(batch, LargestFace())
+                anchors = np.full((len(batch), 3, 2), np.nan)
+                for row, points in enumerate(found):
+                    if points is not None:
+                        anchors[row] = points
+                parts.append(anchors)
+                position += len(batch)
+                if position >= stop:
+                    break
+        if position < stop:
+            raise ValueError(f"the video has {position} frames, fewer than the {stop} asked for")
+        return np.concatenate(parts)
 
     def _start(self, video, audio, fps, progress, should_cancel, segment: Segment | None) -> "SyncedFrames":
         from .audio import load_audio, require_video_frames
@@ -355,13 +394,29 @@ class SyncedFrames:
         self._warn_close_calls()
         return RunResult(output_path, count, self.fps, without, self.plan, seconds)
 
-    def track(self) -> FaceTrack:
+    @property
+    def frames_to_track(self) -> int:
+        """The source frames the run aligns: all of them when it revisits frames (ping-pong), else its outputs."""
+        return self.source.num_frames if self.num_frames > self.source.num_frames else self.num_frames
+
+    def track(self, anchors: np.ndarray | None = None) -> FaceTrack:
         """Detection and smoothing alone over every source frame the run aligns, in the run's batches: the face
-        track that segments of this run are made from."""
-        faces = self._faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution,
-                                        device=self.models.device, face=self.options.face)
-        # the frames the run aligns: all of them when it revisits frames (ping-pong), else the ones it outputs
-        count = self.source.num_frames if self.num_frames > self.source.num_frames else self.num_frames
+        track that segments of this run are made from. With ``anchors`` (every such frame's detection), the
+        smoothing alone: no frame is decoded."""
+        count = self.frames_to_track
+        detector = self.models.face_detector(self.options.detector) if anchors is None else None
+        faces = self._faces = FaceStage(detector, self.models.resolution, device=self.models.device,
+                                        face=self.options.face)
+        if anchors is not None:
+            if len(anchors) != count:
+                raise ValueError(f"anchors for {len(anchors)} frames given; the run aligns {count}")
+            step = self.plan.face_batch  # the run's face batches within its groups: the same smoothing steps
+            track = FaceTrack.concatenate([
+                faces.locate(None, [None if np.isnan(points).any() else points
+                                    for points in anchors[start:min(group + self.group_frames, start + step)]])
+                for group in range(0, count, self.group_frames)
+                for start in range(group, min(count, group + self.group_frames), step)])
+            return self._checked(track, count)
         parts, position = [], 0
         with contextlib.closing(self.source.batches(self.group_frames)) as batches:
             for batch in batches:
@@ -373,7 +428,9 @@ class SyncedFrames:
                 self.report("track faces", position, count)
                 if position >= count:
                     break
-        track = FaceTrack.concatenate(parts)
+        return self._checked(FaceTrack.concatenate(parts), count)
+
+    def _checked(self, track: FaceTrack, count: int) -> FaceTrack:
         if not bool(track.has_face.any()):
             raise no_face_error(count)
         self._warn_close_calls()

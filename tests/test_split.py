@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
@@ -66,12 +67,24 @@ def test_frames_without_a_face_across_a_cut(setup):
     assert without == single.result().frames_without_face == 24
     assert not np.array_equal(joined[36:], frames[36:single.num_frames])  # the faces after the gap were synced
 
+    # the detection shared by two workers (cut inside the faceless stretch), the smoothing done once: the same track
+    count = pipeline.frames_to_track(frames, audio, fps=25)
+    anchors = np.concatenate([pipeline.detect_faces(frames, 0, 13, fps=25),
+                              pipeline.detect_faces(frames, 13, count, fps=25)])
+    shared = pipeline.plan_split(frames, audio, fps=25, anchors=anchors).track
+    assert count == len(plan.track) == single.num_frames
+    assert torch.equal(shared.affine, plan.track.affine) and torch.equal(shared.has_face, plan.track.has_face)
+    assert np.array_equal(shared.anchors, plan.track.anchors, equal_nan=True)
+    assert int((~shared.has_face).sum()) == 24
+
 
 def test_a_plan_cuts_at_most_one_segment_per_group(setup):
     pipeline = setup["pipeline"]
     plan = pipeline.plan_split(setup["clip"], make_audio(setup["media"], setup["folder"], 1.0))
     assert plan.num_frames == 25 and plan.group_frames == 16 and len(plan.track) == 25  # the frames it outputs
     assert [(s.start, s.stop) for s in plan.segments(8)] == [(0, 16), (16, 25)]
+    with pytest.raises(ValueError, match="face = N follows one person"):
+        LipSyncPipeline(pipeline.models, PipelineOptions(face=1)).detect_faces(setup["clip"], 0, 16)
     with pytest.raises(ValueError, match="outside"):
         pipeline.frames(setup["clip"], make_audio(setup["media"], setup["folder"], 0.5),
                         segment=plan.segments(2)[1])

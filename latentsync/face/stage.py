@@ -153,10 +153,12 @@ class FaceStage:
         return fp16_round(m) if self.fp16_matrices else m
 
     def locate(self, frames, anchors: list | None = None) -> FaceTrack:
-        """Detect (unless ``anchors`` are given) and fit the smoothed frame -> crop matrices; no pixels move.
-        Frames without a face get zero matrices and has_face False; they are counted in ``frames_without_face``."""
-        _check_frames(frames)
-        n = len(frames)
+        """Detect (unless ``anchors`` are given; ``frames`` may then be None) and fit the smoothed frame -> crop
+        matrices; no pixels move. Frames without a face get zero matrices and has_face False; they are counted in
+        ``frames_without_face``."""
+        if frames is not None:
+            _check_frames(frames)
+        n = len(frames) if frames is not None else len(anchors)
         if anchors is None:
             if self.detector is None:
                 raise ValueError("FaceStage has no detector; pass anchors to align().")
