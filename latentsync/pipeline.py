@@ -254,21 +254,14 @@ class LipSyncPipeline:
         if self.options.face:
             raise ValueError("detect_faces serves the largest-face choice (face = 0): face = N follows one person "
                              "from frame to frame, so its detection runs in order (plan_split)")
-        from .face import LargestFace
-
         source = self._source(video, fps)
-        detector = self.models.face_detector(self.options.detector)
+        faces = FaceStage(self.models.face_detector(self.options.detector), self.models.resolution)
         parts, position = [], start
         with contextlib.closing(source.batches(self.models.chunk_size, None, *([start] if start else []))) as batches:
             for batch in batches:
                 _check_cancel(should_cancel)
                 batch = batch[:stop - position]
-                found = detector.detect(batch, LargestFace())
-                anchors = np.full((len(batch), 3, 2), np.nan)
-                for row, points in enumerate(found):
-                    if points is not None:
-                        anchors[row] = points
-                parts.append(anchors)
+                parts.append(faces.locate(batch).anchors)  # its smoothing is not kept: plan_split smooths in order
                 position += len(batch)
                 if position >= stop:
                     break
@@ -410,13 +403,13 @@ class SyncedFrames:
         if anchors is not None:
             if len(anchors) != count:
                 raise ValueError(f"anchors for {len(anchors)} frames given; the run aligns {count}")
-            step = self.plan.face_batch  # the run's face batches within its groups: the same smoothing steps
-            track = FaceTrack.concatenate([
-                faces.locate(None, [None if np.isnan(points).any() else points
-                                    for points in anchors[start:min(group + self.group_frames, start + step)]])
-                for group in range(0, count, self.group_frames)
-                for start in range(group, min(count, group + self.group_frames), step)])
-            return self._checked(track, count)
+            rows = [None if np.isnan(points).any() else points for points in anchors]
+            parts = []
+            for group in range(0, count, self.group_frames):  # the run's groups and face batches: its smoothing steps
+                stop = min(count, group + self.group_frames)
+                for start in range(group, stop, self.plan.face_batch):
+                    parts.append(faces.locate(None, rows[start:min(stop, start + self.plan.face_batch)]))
+            return self._checked(FaceTrack.concatenate(parts), count)
         parts, position = [], 0
         with contextlib.closing(self.source.batches(self.group_frames)) as batches:
             for batch in batches:

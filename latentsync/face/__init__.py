@@ -7,7 +7,7 @@ from __future__ import annotations
 
 _EXPORTS = {
     "FaceDetector": "detectors", "InsightFaceDetector": "detectors", "DlibDetector": "detectors",
-    "create_detector": "detectors", "available_detectors": "detectors", "LargestFace": "detectors",
+    "create_detector": "detectors", "available_detectors": "detectors",
     "CropGeometry": "geometry",
     "FaceStage": "stage", "AlignedBatch": "stage", "FaceTrack": "stage", "NoFaceError": "stage",
     "no_face_error": "stage",
