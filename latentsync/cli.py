@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from .checkpoints import VERSIONS
-
-from .options import LOAD, LOSSLESS_SUFFIXES, OUTPUT, RUN, check_all
+from .options import LOAD, OUTPUT, RUN
+from .paths import check_not_an_input, check_output_name, writable_folder
 
 RESOLUTION_TO_VERSION = {str(v.resolution): name for name, v in VERSIONS.items()}
 DISK_CACHE_CHOICES = {"auto": None, "on": True, "off": False}
+FLAGS: dict[str, str] = {}  # run option -> its flag (error sentences name what the user typed), filled below
 
 
-def _option(parser, flag: str, name: str, kind=None, **extra) -> None:
+def _option(parser, flag: str, name: str, kind=None, **extra) -> argparse.Action:
     """A flag whose default, choices and help come from the options schema."""
     param = RUN[name]
+    FLAGS[name] = flag
     help_text = f"{param.help} (default {param.default})"
     if param.min is not None:
         help_text += f"; {param.min}-{param.max}"
-    parser.add_argument(flag, dest=name, default=param.default, help=help_text,
-                        type=kind or type(param.default), choices=param.choices, **extra)
+    return parser.add_argument(flag, dest=name, default=param.default, help=help_text,
+                               type=kind or type(param.default), choices=param.choices, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,36 +41,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# the options a batch job may set per job (by these names, as columns or keys): everything of one run
-JOB_OPTIONS = ("resolution", "codec", "steps", "seed", "guidance", "attention", "lip_focus", "deepcache",
-               "optimization_level", "memory_mode", "vram_fraction", "disk_cache", "face", "detector")
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a run, shared by a single run and a batch (where they are every job's defaults)."""
-    parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
-                        help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = LatentSync "
-                             "1.5 (default 512)")
-    parser.add_argument("--codec", choices=OUTPUT["codec"].choices, default=OUTPUT["codec"].default,
-                        help=f"{OUTPUT['codec'].help} (default {OUTPUT['codec'].default})")
-    _option(parser, "--steps", "steps")
-    _option(parser, "--seed", "seed")
-    _option(parser, "--guidance", "guidance_scale")
-    _option(parser, "--attention", "attention")
-    _option(parser, "--lip-focus", "lip_focus")
-    _option(parser, "--deepcache", "deepcache_interval", metavar="N")
-    _option(parser, "--optimization-level", "optimization_level")
-    _option(parser, "--memory-mode", "memory_mode")
-    _option(parser, "--vram-fraction", "vram_fraction")
-    parser.add_argument("--disk-cache", choices=list(DISK_CACHE_CHOICES), default="auto", help=RUN["disk_cache"].help)
-    _option(parser, "--face", "face", metavar="N")
-    _option(parser, "--detector", "detector")
+def add_run_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The options of a run, shared by a single run and a batch (where they are every job's defaults); returns the
+    ones a job may set, by their jobs-file column (``--lip-focus`` -> ``lip_focus``)."""
+    actions = [
+        parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
+                            help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = "
+                                 "LatentSync 1.5 (default 512)"),
+        parser.add_argument("--codec", choices=OUTPUT["codec"].choices, default=OUTPUT["codec"].default,
+                            help=f"{OUTPUT['codec'].help} (default {OUTPUT['codec'].default})"),
+        _option(parser, "--steps", "steps"),
+        _option(parser, "--seed", "seed"),
+        _option(parser, "--guidance", "guidance_scale"),
+        _option(parser, "--attention", "attention"),
+        _option(parser, "--lip-focus", "lip_focus"),
+        _option(parser, "--deepcache", "deepcache_interval", metavar="N"),
+        _option(parser, "--optimization-level", "optimization_level"),
+        _option(parser, "--memory-mode", "memory_mode"),
+        _option(parser, "--vram-fraction", "vram_fraction"),
+        parser.add_argument("--disk-cache", choices=list(DISK_CACHE_CHOICES), default="auto",
+                            help=RUN["disk_cache"].help),
+        _option(parser, "--face", "face", metavar="N"),
+        _option(parser, "--detector", "detector"),
+    ]
     parser.add_argument("--precision", choices=LOAD["precision"].choices, default=LOAD["precision"].default,
                         help=LOAD["precision"].help)
     parser.add_argument("--checkpoints", default=None, help="checkpoints folder (default: ./checkpoints)")
     parser.add_argument("--unet-config", default=None, help="UNet yaml (default: the one of the version)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: best available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return {action.option_strings[0][2:].replace("-", "_"): action for action in actions}
 
 
 class TqdmProgress:
@@ -93,10 +98,10 @@ class TqdmProgress:
 
 
 def check_arguments(args) -> None:
-    """Every path and value, checked before anything heavy: one sentence naming the flag and the fix."""
-    import os
-
+    """Every path and value, checked before anything heavy: one sentence naming the flag and the fix. A variable
+    frame rate is a printed warning."""
     from .checkpoints import download_command
+    from .video import MediaError, probe_audio
 
     for flag in ("video", "audio"):
         if not Path(getattr(args, flag)).is_file():
@@ -107,21 +112,47 @@ def check_arguments(args) -> None:
         command = download_command(RESOLUTION_TO_VERSION[args.resolution], Path(args.checkpoints))
         raise FileNotFoundError(f"--checkpoints: no such folder: {args.checkpoints}; check the path, or download the "
                                 f"weights there with: {command}")
+    check_run_values(args, FLAGS)
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder: give a file name, such as {out / 'synced.mp4'}")
-    folder = next(p for p in [out.resolve().parent, *out.resolve().parents] if p.exists())
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out: the folder {folder} is not writable: choose another output path or make it "
-                              "writable")
-    check_all(RUN, {name: getattr(args, name) for name in RUN if name != "disk_cache"})
-    check_output(out, args.codec, "--out")
+    check_not_an_input(out, {"video": args.video, "audio": args.audio}, "--out")
+    check_output_name(out, args.codec, "--out")
+    try:
+        writable_folder(out)
+    except PermissionError as error:
+        raise PermissionError(f"--out: {error}") from None
+    try:
+        probe_audio(args.audio)
+    except MediaError as error:
+        raise MediaError(f"--audio: {error}") from None
+    warning = variable_rate_warning(Path(args.video))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
-def check_output(out: Path, codec: str, what: str) -> None:
-    """FFV1 goes in Matroska only: one sentence before any work when the output name says otherwise."""
-    if codec == "ffv1" and out.suffix.lower() not in LOSSLESS_SUFFIXES:
-        raise ValueError(f"{what} {out}: codec ffv1 writes Matroska; give a name ending in .mkv")
+def check_run_values(args, names: dict[str, str]) -> None:
+    """The run options' ranges and choices; a sentence calls each by ``names`` (its flag, or a jobs-file column)."""
+    for name, param in RUN.items():
+        if name != "disk_cache":
+            param.check(getattr(args, name), names.get(name))
+
+
+def variable_rate_warning(video: Path) -> str | None:
+    """A sentence when the video's frames are unevenly spaced (their timing will be evened out), else None."""
+    from .video import MediaError, probe_video, variable_frame_rate
+
+    try:
+        spread = variable_frame_rate(video)
+        fps = float(probe_video(video).fps)
+    except MediaError:
+        return None  # the run itself says what is wrong with the file
+    if spread is None:
+        return None
+    return (f"{video.name} has a variable frame rate (frames last {spread[0] * 1000:.0f} to {spread[1] * 1000:.0f} "
+            f"ms): it is read frame after frame at its average {fps:.3f} fps, so its timing is evened out and the "
+            f"speech may drift from it; to keep its timing, convert it first: ffmpeg -i {video.name} -fps_mode cfr "
+            f"-r {round(fps)} constant.mp4")
 
 
 def pipeline_options(args):
@@ -150,74 +181,134 @@ def batch_main(argv: list[str]) -> int:
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run the jobs on a Ray cluster at ADDRESS (a local one without): one worker per GPU, or "
                              "per CPU slot; needs pip install -r requirements-ray.txt and paths every node sees")
-    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU or CPU slot)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="Ray workers (default: one per GPU or CPU slot)")
     parser.add_argument("--split", action="store_true",
                         help="with --ray: one job at a time, cut into one segment per worker; the joined output "
                              "equals a run on one worker frame for frame (for long videos)")
-    add_run_options(parser)
+    columns = add_run_options(parser)
     args = parser.parse_args(argv)
     if args.split and args.ray is None:
         parser.error("--split cuts a job across Ray workers: add --ray [ADDRESS]")
+    if args.workers is not None and args.ray is None:
+        parser.error("--workers counts Ray workers: add --ray [ADDRESS]")
     for name in ("checkpoints", "unet_config"):  # workers may run elsewhere: absolute paths
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    flags = {action.option_strings[0].lstrip("-").replace("-", "_"): action for action in parser._actions
-             if action.option_strings}  # --lip-focus -> lip_focus: the name a job column uses
-    by_name = {name: action for name, action in flags.items() if name in JOB_OPTIONS}
     try:
-        jobs = batch.read_jobs(args.jobs, set(by_name))
-        settings = {job.index: _job_arguments(args, job, by_name) for job in jobs}  # all checked up front
-        for job in jobs:
-            job_args = settings[job.index]
-            check_all(RUN, {name: getattr(job_args, name) for name in RUN if name != "disk_cache"})
-            check_output(job.output, job_args.codec, f"job {job.index}: output")
-    except (ValueError, TypeError) as error:
+        check_run_values(args, FLAGS)
+        jobs = batch.read_jobs(args.jobs, set(columns))
+        settings = {job.index: _job_arguments(args, job, columns) for job in jobs}  # every job checked up front
+        if args.ray not in (None, "local"):
+            batch.check_ray_address(args.ray)
+    except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    manifest = Path(args.manifest) if args.manifest else batch.manifest_path(args.jobs)
     progress = TqdmProgress(not args.quiet and args.ray is None)
 
     def announce(job, position, total):
         if not args.quiet:
             print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
 
+    manifest = batch.Manifest(args.manifest or batch.manifest_path(args.jobs))
     try:
-        if args.ray is None:
-            runner = batch.JobRunner(load_models, pipeline_options, progress)
-            counts = batch.run_jobs(jobs, settings, manifest, runner, announce)
-        else:
-            counts = batch.run_jobs_on_ray(jobs, settings, manifest, (load_models, pipeline_options),
-                                           None if args.ray == "local" else args.ray, args.workers, announce,
-                                           split=args.split)
+        with sigterm_as_interrupt(), manifest:
+            if args.ray is None:
+                runner = batch.JobRunner(load_models, pipeline_options, progress)
+                counts = batch.run_jobs(jobs, settings, manifest, runner, announce)
+            else:
+                counts = batch.run_jobs_on_ray(jobs, settings, manifest, (load_models, pipeline_options),
+                                               None if args.ray == "local" else args.ray, args.workers, announce,
+                                               split=args.split)
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
         return 130
-    except RuntimeError as error:  # Ray missing or its cluster unreachable
+    except RuntimeError as error:  # the manifest unusable, Ray missing or its cluster unreachable
         progress.close()
         print(f"error: {error}", file=sys.stderr)
         return 1
     progress.close()
+    if manifest.unreadable:
+        print(f"warning: {manifest.unreadable} line(s) of {manifest.path} are not job records (cut short by a kill, or "
+              "edited) and were skipped", file=sys.stderr)
+    if manifest.unwritten:
+        print(f"error: {len(manifest.unwritten)} record(s) could not be written to {manifest.path} (disk full?); "
+              "their jobs will be redone by the next run: " + " ".join(json.dumps(r) for r in manifest.unwritten),
+              file=sys.stderr)
     print(f"{counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed; "
-          f"manifest: {manifest}")
-    return 1 if counts["failed"] else 0
+          f"manifest: {manifest.path}")
+    return 1 if counts["failed"] or manifest.unwritten else 0
 
 
-def _job_arguments(defaults, job, by_name: dict) -> argparse.Namespace:
-    """The command line's values with the job's own on top, each parsed as its flag parses it."""
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _job_arguments(defaults, job, columns: dict) -> argparse.Namespace:
+    """The command line's values with the job's own on top, each parsed as its flag parses it; every value
+    checked, one sentence naming the line and the column otherwise."""
     values = vars(defaults).copy()
-    for name, raw in job.options.items():
-        action = by_name[name]
-        if action.type is not None:
-            value = action.type(raw) if isinstance(raw, str) else raw
-        else:
-            value = str(raw)  # choices given as text (resolution 256, disk_cache on)
-        if action.choices is not None and value not in action.choices:
-            raise ValueError(f"job {job.index}: {name} must be one of {', '.join(map(str, action.choices))}; "
-                             f"got {raw!r}")
-        values[action.dest] = value
-    return argparse.Namespace(**values)
+    for column, raw in job.options.items():
+        action = columns[column]
+        where = f"{job.where}, column {column}"
+        values[action.dest] = _cell(action, raw, where)
+    args = argparse.Namespace(**values)
+    names = {action.dest: f"{job.where}, column {column}" for column, action in columns.items()}
+    check_run_values(args, names)
+    check_not_an_input(job.output, {"video": job.video, "audio": job.audio}, f"{job.where}: output")
+    check_output_name(job.output, args.codec, f"{job.where}: output")
+    return args
+
+
+def _cell(action: argparse.Action, raw, where: str):
+    """One jobs-file value as its flag reads it: whole numbers also written as 2.0 (spreadsheets, JSON)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"{where}: {str(raw).lower()} is not a value here; give a number or one of its words")
+    text = str(raw).strip()
+    if action.type is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is None or not number.is_integer():
+            raise ValueError(f"{where}: {text!r} is not a whole number")
+        return int(number)
+    if action.type is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{where}: {text!r} is not a number") from None
+    if action.choices is not None and text not in action.choices:
+        raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}; got {text!r}")
+    return text
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (docker stop, schedulers, kill) ends a run as Ctrl-C does: partial files and caches removed,
+    nothing half-written; the handler that was there before is put back afterwards."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: the host handles its signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,15 +320,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     progress = TqdmProgress(not args.quiet)
     try:
-        check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
-        from .pipeline import LipSyncPipeline
-        from .video import video_encoder
+        with sigterm_as_interrupt():
+            check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
+            from .pipeline import LipSyncPipeline
+            from .video import video_encoder
 
-        options = pipeline_options(args)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        models = load_models(args, progress)
-        result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress,
-                                                      encoder=video_encoder(args.codec))
+            options = pipeline_options(args)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            models = load_models(args, progress)
+            result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress,
+                                                          encoder=video_encoder(args.codec))
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: no output was written and temporary files were removed", file=sys.stderr)

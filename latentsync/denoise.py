@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from .models.deepcache import DeepCacheState
+from .options import RUN, check_all
 
 # The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
 VAE_SCALING_FACTOR = 0.18215
@@ -40,10 +41,7 @@ class DenoiseSettings:
     deepcache_interval: int = 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"inference steps must be at least 1, got {self.steps}")
-        if not 1.0 <= self.guidance_scale <= 10.0:
-            raise ValueError(f"guidance scale (lips_expression) must be in [1, 10], got {self.guidance_scale}")
+        check_all(RUN, {"steps": self.steps, "guidance_scale": self.guidance_scale})  # the ranges users are told
         if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
             raise ValueError("chunk_size, chunks_per_call and vae_batch must be positive")
         if self.deepcache_interval < 0:

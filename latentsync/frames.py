@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
+from .tempfiles import owned_temp_dir
 from .video.rates import frame_rate
 
 Allocate = Callable[[tuple], np.ndarray]  # shape -> a uint8 array to fill (e.g. a reused buffer)
@@ -93,7 +93,7 @@ class FrameStore:
         self._folder = self._file = None
         self._memory = None
         if on_disk:
-            self._folder = tempfile.mkdtemp(prefix="latentsync-cache-", dir=cache_dir)
+            self._folder = owned_temp_dir("cache", cache_dir)  # a killed run's is removed by the next one
             self._file = open(Path(self._folder) / "records.bin", "w+b", buffering=0)
         else:
             self._memory = np.empty((count, *self.shape), dtype=np.uint8)

@@ -7,6 +7,7 @@ written once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,18 @@ class Param:
     max: float | None = None
     step: float | None = None
 
-    def check(self, value) -> None:
-        """Raise ValueError with one sentence when ``value`` is outside this parameter's choices or range."""
+    def check(self, value, name: str | None = None) -> None:
+        """Raise ValueError with one sentence when ``value`` is outside this parameter's choices or range; the
+        sentence calls it ``name`` (the flag or column the user typed), by default its label."""
+        name = name or self.label
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.label} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise ValueError(f"{self.label} must be between {self.min} and {self.max}, got {value}")
+            raise ValueError(f"{name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.min is None:
+            return
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+            raise ValueError(f"{name} must be a number between {self.min} and {self.max}, got {value}")
+        if value < self.min or value > self.max:
+            raise ValueError(f"{name} must be between {self.min} and {self.max}, got {value}")
 
 
 # Run parameters: chosen per video, never a reason to reload weights.
@@ -78,7 +85,6 @@ OUTPUT = {
                    "large files whose frames decode to exactly what the pipeline made (masters, comparisons).",
                    choices=("h264", "ffv1")),
 }
-LOSSLESS_SUFFIXES = (".mkv",)  # containers that hold FFV1
 
 # Load parameters: what a set of weights is loaded as.
 LOAD = {

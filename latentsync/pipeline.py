@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -31,7 +33,9 @@ from .mask import load_mouth_mask
 from .memory_limiter import (MemoryPlan, detect_hardware, free_memory, is_oom, log_memory, plan_memory,
                              smaller_batches, vram_cap)
 from .options import LOAD, RUN, check_all
+from .paths import check_not_an_input, disk_full_sentence
 from .stages import BufferPool, StageTimes, Stopped, in_thread
+from .tempfiles import TEMP_PREFIX, output_prefix, owned_temp_dir, remove_stale
 
 log = logging.getLogger("latentsync.pipeline")
 
@@ -77,6 +81,7 @@ class RunResult:
     frames_without_face: int
     plan: MemoryPlan
     seconds: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the user should know (also logged)
 
 
 @dataclass
@@ -222,9 +227,16 @@ class LipSyncPipeline:
 
         ``segment`` (from ``plan_split``): only those output frames, equal to the same frames of the whole run."""
         started = time.perf_counter()
+        report = progress or (lambda *_: None)
+        report("read video and audio", 0, 1)
         run = self._start(video, audio, fps, progress, should_cancel, segment)
+        report("audio features", 0, 1)
         run.features = self.models.audio_encoder.features(run.samples)
-        self.models.use_attention(self.options.attention, self.options.lip_focus)
+        report("audio features", 1, 1)
+        used = self.models.use_attention(self.options.attention, self.options.lip_focus)
+        if self.options.attention not in ("auto", used):
+            run.warn(f"attention_mode {self.options.attention} does not run here; {used} runs instead (the same "
+                     "result within float tolerance): see the log or verify_installation.py for why")
         run.times.add("audio", time.perf_counter() - started)
         return run
 
@@ -290,7 +302,12 @@ class LipSyncPipeline:
             plan = dataclasses.replace(plan, **segment.batches)
         for reason in plan.reasons:
             log.info("memory plan: %s", reason)
-        return SyncedFrames(self, source, samples, total, plan, progress, should_cancel, segment)
+        run = SyncedFrames(self, source, samples, total, plan, progress, should_cancel, segment)
+        if total < self.models.chunk_size:
+            run.warn(f"the speech lasts {len(samples) / 16000:.2f} s: the output has only {total} frame(s); the model "
+                     f"syncs {self.models.chunk_size} frames at a time, so give at least "
+                     f"{self.models.chunk_size / float(source.fps):.2f} s of speech")
+        return run
 
     def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
             progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
@@ -300,19 +317,39 @@ class LipSyncPipeline:
         every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
 
         ``segment``: only those frames, and no audio (the parts are joined and the audio muxed once).
-        ``encoder``: ffmpeg video-encoder arguments (default: H.264, NVENC when it works)."""
-        from .video import VideoWriter, write_wav
+        ``encoder``: ffmpeg video-encoder arguments (default: H.264, NVENC when it works).
+
+        The output is never one of the inputs (ValueError); temporary files that killed runs left beside it or in
+        the temp folder are removed first; a full disk is an OSError naming the folder and the fix."""
 
         if output_path is None and frame_sink is None:
             raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
+        temp_folder = self.options.cache_dir or tempfile.gettempdir()
+        if output_path is not None:
+            check_not_an_input(output_path, {"video": video, "audio": audio})
+            remove_stale(Path(output_path).parent, output_prefix(output_path))  # what killed runs left there
+        remove_stale(temp_folder, TEMP_PREFIX)
+        try:
+            return self._run(video, audio, output_path, fps, progress, should_cancel, frame_sink, segment, encoder)
+        except (OSError, ValueError) as error:  # MediaError is a ValueError: ffmpeg's "No space left on device"
+            full = disk_full_sentence(error, [Path(output_path).parent] if output_path is not None else [],
+                                      temp_folder)
+            if full is None:
+                raise
+            raise OSError(errno.ENOSPC, full) from error
+
+    def _run(self, video, audio, output_path, fps, progress, should_cancel, frame_sink, segment, encoder):
+        from .video import VideoWriter, write_wav
+
         synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel, segment=segment)
         with contextlib.ExitStack() as stack:
             writer = None
             if output_path is not None:
                 audio_path = audio if isinstance(audio, (str, Path)) or segment is not None else None
                 if audio_path is None:  # in-memory audio is muxed from a private temp wav, at its own rate
-                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="latentsync-audio-"))
-                    audio_path = Path(folder) / "audio.wav"
+                    folder = owned_temp_dir("audio", self.options.cache_dir)
+                    stack.callback(shutil.rmtree, folder, True)
+                    audio_path = folder / "audio.wav"
                     write_wav(audio_path, *_waveform_and_rate(audio, synced.samples))
                 writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
                                                          audio=None if segment is not None else audio_path,
@@ -360,6 +397,7 @@ class SyncedFrames:
         self.times = StageTimes()
         self.stopping = threading.Event()
         self.frames_with_face = 0
+        self.warnings: list[str] = []
         self._faces: FaceStage | None = None  # the align stage's, for its choice statistics
         self._plan_lock = threading.Lock()
         self._started = time.perf_counter()
@@ -385,7 +423,12 @@ class SyncedFrames:
         if without:
             log.warning("%d of %d frames had no usable face and were passed through unchanged", without, count)
         self._warn_close_calls()
-        return RunResult(output_path, count, self.fps, without, self.plan, seconds)
+        return RunResult(output_path, count, self.fps, without, self.plan, seconds, list(self.warnings))
+
+    def warn(self, message: str) -> None:
+        """A warning for the run's result (and the log)."""
+        log.warning("%s", message)
+        self.warnings.append(message)
 
     @property
     def frames_to_track(self) -> int:
@@ -467,6 +510,7 @@ class SyncedFrames:
             yield from self._revisited(faces, pool, size, known)
             return
         produced = self.first
+        self.report("detect faces", 0, self.stop - self.first)
         batches = self.source.batches(size, pool.allocate, *([produced] if produced else []))
         while produced < self.stop:
             self._check()
@@ -479,8 +523,10 @@ class SyncedFrames:
                 part = None if known is None else known.slice(produced, produced + len(batch))
                 aligned = self._align(faces, batch, part)
             self.frames_with_face += int(aligned.has_face.sum())
-            yield Group(produced, batch, aligned)
             produced += len(batch)
+            if self.frames_with_face == 0 and known is None and produced >= self.stop:
+                raise no_face_error(self.num_frames)  # the last frame aligned: fail before it is encoded
+            yield Group(produced - len(batch), batch, aligned)
 
     def _revisited(self, faces: FaceStage, pool: BufferPool, size: int, known: FaceTrack | None) -> Iterator[Group]:
         """Ping-pong looping: align every source frame once, in order (as the reference does), keep the frames and

@@ -103,7 +103,7 @@ def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path):
     assert done.returncode == 1 and "unknown columns stepz" in done.stderr and "Traceback" not in done.stderr
     jobs.write_text("video,audio,output,steps\na.mp4,a.wav,o.mp4,0\n")
     done = batch(workspace, jobs)
-    assert done.returncode == 1 and "inference_steps must be between 1 and 999" in done.stderr
+    assert done.returncode == 1 and "jobs.csv line 2, column steps must be between 1 and 999, got 0" in done.stderr
     assert not (tmp_path / "jobs.manifest.jsonl").exists()
 
 
@@ -167,7 +167,8 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
     assert single.returncode == 0, single.stderr
     split = batch(workspace, jobs["split"], "--ray", "--workers", "2", "--split", env=one_thread)
     assert split.returncode == 1 and "2 done, 0 already complete, 1 failed" in split.stdout, split.stderr
-    *manifest, failed = records(tmp_path / "split" / "jobs.manifest.jsonl")
+    # the job with a missing input is recorded first: it fails before any model loads
+    failed, *manifest = records(tmp_path / "split" / "jobs.manifest.jsonl")
     assert [(r["status"], r["frames"], r["segments"]) for r in manifest] == [("done", 30, 2)] * 2
     assert failed["status"] == "failed" and failed["error"].startswith("FileNotFoundError: video file not found")
     lossless = [decoded(tmp_path / name / "out" / "lossless.mkv") for name in ("single", "split")]

@@ -87,7 +87,11 @@ def test_mouth_mask_matches_reference_resize(reference_dir):
 
 
 def test_settings_reject_out_of_range():
-    with pytest.raises(ValueError, match="inference steps"):
+    with pytest.raises(ValueError, match="inference_steps"):
         DenoiseSettings(steps=0)
-    with pytest.raises(ValueError, match="lips_expression"):
+    with pytest.raises(ValueError, match="lips_expression must be between 1.0 and 3.0"):
         DenoiseSettings(guidance_scale=0.5)
+    with pytest.raises(ValueError, match="lips_expression must be between 1.0 and 3.0"):  # the documented range
+        DenoiseSettings(guidance_scale=5.0)
+    with pytest.raises(ValueError, match="lips_expression must be a number"):
+        DenoiseSettings(guidance_scale=float("nan"))

@@ -181,13 +181,25 @@ def test_cli_reports_user_errors_in_one_sentence(workspace, media_dir, tmp_path)
     bad_steps = subprocess.run(base + ["--video", str(workspace["clip25"]), "--audio",
                                        str(media_dir / "demo1_audio.wav"), "--steps", "0"],
                                capture_output=True, text=True, env=env)
-    assert bad_steps.returncode != 0 and "inference_steps" in bad_steps.stderr
+    assert bad_steps.returncode != 0 and "--steps must be between 1 and 999" in bad_steps.stderr
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path):
-    """SIGINT in the middle of a run: exit code 130, no output, nothing left in the output folder."""
-    import signal
+def small_cli_run(workspace, media_dir, out: Path, seconds: float) -> list[str]:
+    """The command line of a quick run: the clip at half size (dlib finds the face 4x sooner), 256 px faces."""
+    from comfyui_server import write_clip
+
+    small = workspace["folder"] / "clip_half.mp4"
+    if not small.exists():
+        write_clip(media_dir, workspace["folder"], small.name, 1.0, scale=2)
+    return [sys.executable, "-m", "latentsync", "--checkpoints", str(workspace["checkpoints"]), "--unet-config",
+            str(workspace["config"]), "--detector", "dlib", "--device", "cpu", "--resolution", "256", "--out",
+            str(out), "--video", str(small), "--audio", str(make_audio(media_dir, workspace["folder"], seconds))]
+
+
+def start_cli_run(workspace, media_dir, tmp_path, *extra: str):
+    """A CLI run with a disk cache and an encode under way (the audio outlasts the video): (process, output, temp
+    folder, environment); returns once generation has started."""
     import time
 
     temp = tmp_path / "tmp"  # the run's private temp folders (disk cache, audio) must go too
@@ -196,21 +208,57 @@ def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path):
                TMPDIR=str(temp))
     out = tmp_path / "out" / "o.mp4"
     out.parent.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "latentsync", "--checkpoints", str(workspace["checkpoints"]), "--unet-config",
-         str(workspace["config"]), "--detector", "dlib", "--device", "cpu", "--out", str(out), "--video",
-         str(workspace["clip25"]), "--audio", str(make_audio(media_dir, workspace["folder"], 6.0)),
-         "--memory-mode", "aggressive", "--disk-cache", "on"], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(small_cli_run(workspace, media_dir, out, 6.0) + [
+        "--memory-mode", "aggressive", "--disk-cache", "on", *extra], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     seen = ""
     while time.time() < deadline and "lip-sync" not in seen:  # wait until generation is under way
         seen += process.stderr.read(1) or ""
         if process.poll() is not None:
             break
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.poll() is None, seen
+    return process, out, temp, env
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])  # Ctrl-C; docker stop, schedulers, kill
+def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path, name):
+    """Interrupted in the middle of a run: exit code 130, no output, nothing left in the output or temp folder."""
+    import signal
+
+    process, out, temp, _ = start_cli_run(workspace, media_dir, tmp_path)
+    process.send_signal(getattr(signal, name))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted: no output was written" in err
     assert list(out.parent.iterdir()) == []
+    assert list(temp.iterdir()) == []
+
+
+def test_killed_cli_leaves_no_encoder_and_a_rerun_removes_its_leftovers(workspace, media_dir, tmp_path):
+    """kill -9: Python cleans nothing, but ffmpeg ends with it (it never finishes the hidden partial on its own),
+    and the next run removes the partial and the disk cache the dead run left."""
+    import signal
+    import time
+
+    import psutil
+
+    process, out, temp, env = start_cli_run(workspace, media_dir, tmp_path, "--steps", "1")
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(".partial" in p.name for p in out.parent.iterdir()):
+        time.sleep(0.1)  # the first frames are with the encoder
+    encoders = [child for child in psutil.Process(process.pid).children() if "ffmpeg" in child.name()]
+    assert encoders
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    psutil.wait_procs(encoders, timeout=10)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in encoders)
+    left = sorted(p.name for p in out.parent.iterdir()) + sorted(p.name for p in temp.iterdir())
+    assert any(".partial" in name for name in left) and any(name.endswith(".cache") for name in left), left
+    time.sleep(0.5)
+    rerun = subprocess.run(small_cli_run(workspace, media_dir, out, 0.64) + ["--quiet", "--steps", "1"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["o.mp4"]
     assert list(temp.iterdir()) == []
 
 

@@ -61,7 +61,7 @@ def test_values_are_checked_before_models_load(inputs, tmp_path):
     (tmp_path / "empty").mkdir()
     message = one_sentence(cli(*inputs, "--out", str(tmp_path / "o.mp4"), "--checkpoints", str(tmp_path / "empty"),
                                "--vram-fraction", "2", cwd=tmp_path))
-    assert message == "error: vram_fraction must be between 0.0 and 0.95, got 2.0"
+    assert message == "error: --vram-fraction must be between 0.0 and 0.95, got 2.0"  # named as typed
 
 
 def test_a_run_never_downloads_a_missing_checkpoint(tmp_path, monkeypatch):

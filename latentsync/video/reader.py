@@ -44,8 +44,13 @@ def _open(path: str | Path):
     try:
         return av.open(str(path), mode="r")
     except Exception as error:  # av.FFmpegError (InvalidDataError, ...), OSError
-        raise MediaError(f"cannot read {path} as media ({error}): the file is corrupt, incomplete or not a "
+        raise MediaError(f"cannot read {path} as media ({_reason(error)}): the file is corrupt, incomplete or not a "
                          "video; re-export it (e.g. as H.264 MP4)") from None
+
+
+def _reason(error: BaseException) -> str:
+    """FFmpeg's words for what went wrong, without its error number and the path (the sentence names the file)."""
+    return getattr(error, "strerror", None) or type(error).__name__
 
 
 def _video_stream(container, path: Path):
@@ -72,7 +77,7 @@ def _first_frame(container, stream, path: Path):
         for frame in container.decode(stream):
             return frame
     except av.FFmpegError as error:
-        raise MediaError(f"cannot decode the video in {path} ({error}): the file is corrupt or uses an "
+        raise MediaError(f"cannot decode the video in {path} ({_reason(error)}): the file is corrupt or uses an "
                          "unsupported codec; re-export it as H.264 MP4") from None
     raise MediaError(f"{path} contains no decodable video frame: the file is empty or corrupt")
 
@@ -129,7 +134,7 @@ def _decode(container, stream, path: Path) -> Iterator:
     try:
         yield from container.decode(stream)
     except av.FFmpegError as error:
-        raise MediaError(f"decoding {path} failed ({error}): the file is corrupt or truncated") from None
+        raise MediaError(f"decoding {path} failed ({_reason(error)}): the file is corrupt or truncated") from None
 
 
 def _frames_from(path: Path, start: int) -> Iterator[tuple[int, object, int]]:
@@ -238,3 +243,56 @@ def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     if remaining:
         raise MediaError(f"{path} has only {position} frames: frame {min(remaining)} does not exist")
     return np.stack([found[int(i)] for i in indices])
+
+
+def probe_audio(path: str | Path) -> float:
+    """Seconds of sound in a media file (an audio file, or a video with sound), checked before any work: MediaError
+    in one sentence for a missing, empty or unreadable file, or one without an audio stream."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"audio file not found: {path}: check the path")
+    if path.stat().st_size == 0:
+        raise MediaError(f"the audio file {path} is empty (0 bytes): export the speech again")
+    try:
+        container = av.open(str(path), mode="r")
+    except Exception as error:  # av.FFmpegError and its kinds, OSError
+        raise MediaError(f"cannot read {path} as audio ({_reason(error)}): the file is corrupt, incomplete or "
+                         "not a media file; export it again (e.g. as WAV)") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio stream: give a speech file, or a video that has sound")
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        return float(container.duration or 0) / 1_000_000  # av.time_base: microseconds
+
+
+# frame durations further than this from the usual one make a file variable-frame-rate (a timestamp rounded to
+# its time base moves by at most one tick; phone videos vary by 10-50 %)
+VARIABLE_RATE_TOLERANCE = 0.1
+
+
+def variable_frame_rate(path: str | Path) -> tuple[float, float] | None:
+    """(shortest, longest) frame duration in seconds when the video's frames are not evenly spaced (a phone's
+    variable frame rate), None when they are. Reads packet timestamps only, no frame is decoded.
+
+    The pipeline reads every frame in order at the stream's average rate, as the published code does (through
+    ffmpeg at 25 fps), so the timing of such a video is evened out: callers say so."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.size > 0 and packet.pts is not None)
+        tick = stream.time_base
+    finally:
+        container.close()
+    if len(stamps) < 3 or tick is None:
+        return None
+    steps = np.diff(np.asarray(stamps, dtype=np.int64))
+    usual = float(np.median(steps))
+    spread = np.abs(steps - usual)
+    if usual <= 0 or not (spread > max(1.0, VARIABLE_RATE_TOLERANCE * usual)).any():
+        return None
+    return float(steps.min() * tick), float(steps.max() * tick)

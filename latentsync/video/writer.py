@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
+import signal
 import subprocess
-import secrets
+import sys
 import threading
 import wave
 from fractions import Fraction
@@ -14,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..tempfiles import output_prefix, owned_name
 from .rates import frame_rate
 from .errors import MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg
@@ -28,11 +31,36 @@ def _remove(path: Path | None) -> None:
 
 
 def _temp_path(folder: Path, name: str, suffix: str) -> Path:
-    """A fresh hidden name `.name.<random>.<suffix>` in `folder`; ffmpeg creates the file (normal permissions)."""
+    """A fresh hidden name `.name.<pid>-<random><suffix>` in `folder` (a rerun removes it once its owner is gone:
+    ``tempfiles.remove_stale``); ffmpeg creates the file (normal permissions)."""
     while True:
-        temp = folder / f".{name}.{secrets.token_hex(4)}{suffix}"
+        temp = folder / owned_name(output_prefix(name), suffix)
         if not temp.exists():
             return temp
+
+
+def _end_with_parent():
+    """For ffmpeg's ``preexec_fn`` on Linux: killed when the process that started it dies (even by kill -9), so
+    it never finishes a hidden partial file on its own. ffmpeg runs in its own session so that a Ctrl-C reaches
+    only Python, which then aborts it; this covers the deaths Python cannot see."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:  # runs in the child between fork and exec: no allocation, no locks
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above: end now
+            os._exit(1)
+
+    return set_death_signal
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class _StderrDrain(threading.Thread):
@@ -119,7 +147,8 @@ class VideoWriter:
                 "-an", *self.encoder, *self._container_flags(), str(self._video_temp)]
         try:
             self._process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, start_new_session=True)
+                                             stderr=subprocess.PIPE, start_new_session=True,
+                                             preexec_fn=_end_with_parent())
         except OSError as error:
             _remove(self._video_temp)
             self._closed = True
@@ -273,7 +302,7 @@ def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float,
     args = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *video_input, *sound, "-c:v", "copy",
             *_container_flags(out.suffix), str(out)]
     result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            check=False)
+                            check=False, preexec_fn=_end_with_parent())
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip()[-1500:]
         what = f"muxing the audio from {audio}" if audio is not None else f"writing {out}"
