@@ -72,6 +72,16 @@ def test_three_jobs_one_bad_then_resume(workspace, tmp_path):
     assert "1 done, 1 already complete, 1 failed" in third.stdout
     assert count_frames(tmp_path / "out" / "c.mp4") == 22
 
+    # an edited row (another seed) is redone: the record keeps what made the output
+    assert records(tmp_path / "jobs.manifest.jsonl")[-1]["settings"]["seed"] == 7
+    jobs.write_text(jobs.read_text().replace("out/c.mp4,7", "out/c.mp4,8"))
+    before = (tmp_path / "out" / "c.mp4").read_bytes()
+    edited = batch(workspace, jobs)
+    assert "1 done, 1 already complete, 1 failed" in edited.stdout
+    assert records(tmp_path / "jobs.manifest.jsonl")[-1]["settings"]["seed"] == 8
+    assert (tmp_path / "out" / "c.mp4").read_bytes() != before
+    assert "0 done, 2 already complete, 1 failed" in batch(workspace, jobs).stdout
+
 
 def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path):
     folder = workspace["folder"]
