@@ -22,6 +22,8 @@ import io
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,8 +466,10 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Manifest, runner_
                             "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LATENTSYNC_", "HF_"))}},
             "include_dashboard": False, "log_to_driver": False}
     in_flight: list[Job] = []
+    handlers = _signal_handlers()
     try:
         ray.init(address=address, **init) if address else ray.init(num_cpus=workers, **init)
+        _restore_signal_handlers(handlers)  # Ray's own SIGTERM handler would end the driver before it cleans up
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         count = workers or gpus or int(resources.get("CPU", 1))
@@ -512,6 +516,19 @@ def run_jobs_on_ray(jobs: list[Job], settings: dict, manifest: Manifest, runner_
         for job in in_flight:  # interrupted: the workers are gone now, and so may be what they were writing
             remove_stale(job.output.parent, output_prefix(job.output), wait=10.0, ours=True)
     return counts
+
+
+def _signal_handlers() -> dict:
+    """The process's SIGTERM and SIGINT handlers (none off the main thread, where they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    for number, handler in handlers.items():
+        if handler is not None:
+            signal.signal(number, handler)
 
 
 def run_split_job(ray, job: Job, args, workers: list) -> dict:

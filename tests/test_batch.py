@@ -106,6 +106,24 @@ def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path):
         ["0.mp4", "1.mp4", "2.mp4"]
 
 
+def test_terminated_ray_batch_leaves_no_partial_file(workspace, tmp_path, media_dir):
+    """SIGTERM (docker stop) to a --ray batch while a worker encodes: the driver shuts the workers down (Ray's own
+    SIGTERM handler would end it at once) and removes the partial file the worker was writing."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
+    folder = workspace["folder"]
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"video,audio,output\n{folder / 'clip_25.00.mp4'},{make_audio(media_dir, folder, 4.0)},out/a.mp4\n")
+    process = batch(workspace, jobs, "--ray", "--workers", "1", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(".partial" in p.name for p in (tmp_path / "out").glob(".*")):
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted: the jobs in flight wrote nothing" in err, err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("video,audio,output,stepz\na.mp4,a.wav,o.mp4,3\n")
