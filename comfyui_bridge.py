@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
+import textwrap
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +24,7 @@ MODEL_FOLDER = "latentsync"  # models/latentsync, and any "latentsync:" entry of
 OUTPUT_SUBFOLDER = "latentsync"
 FILENAME_PREFIX = "LatentSync"
 PROGRESS_TEXT_SECONDS = 0.5  # the stage text is sent at most this often (it goes over the websocket)
+NODE_TEXT_WIDTH = 52  # characters per line of the node's text at its default width
 
 
 def _module(name: str):
@@ -130,11 +131,70 @@ class NodeProgress:
             self.sent = now
             self._text(f"{stage}: {int(done)}/{total}")
 
+    def finish(self, text: str, warnings: list[str] = ()) -> None:
+        """The text the node keeps after the run: its outcome, and every warning the run had."""
+        for warning in warnings:
+            log.warning("LatentSync: %s", warning)
+        lines = [text, *(f"warning: {warning}" for warning in warnings)]
+        self._text("\n".join(textwrap.fill(line, NODE_TEXT_WIDTH) for line in lines))  # the node does not wrap
+
     def _text(self, text: str) -> None:
         server = _module("server")
         instance = getattr(getattr(server, "PromptServer", None), "instance", None)
         if self.node_id is not None and hasattr(instance, "send_progress_text"):
             instance.send_progress_text(text, self.node_id)
+
+
+@contextlib.contextmanager
+def named_as_chosen(path):
+    """Errors that name ``path`` (a file of ComfyUI's input folder) name it as the user chose it in Load Video, not
+    by the server's full path."""
+    try:
+        yield
+    except (ValueError, OSError) as error:  # MediaError is a ValueError
+        if not isinstance(path, Path) or str(path) not in str(error):
+            raise
+        folder_paths = _module("folder_paths")
+        shown = path.name
+        if folder_paths is not None:
+            try:
+                shown = path.resolve().relative_to(Path(folder_paths.get_input_directory()).resolve()).as_posix()
+            except ValueError:
+                pass
+        try:
+            renamed = type(error)(str(error).replace(str(path), shown))
+        except TypeError:  # an error type that needs other arguments: leave it as it is
+            raise error from None
+        raise renamed from None
+
+
+class NodeResults:
+    """The video files the node wrote to ComfyUI's temp folder, one per node: a node's earlier result is removed
+    once a new one replaces it in ComfyUI's cache (ComfyUI itself empties temp/ only when it restarts). With an LRU
+    cache (--cache-lru) older results may be served again, so then nothing is removed."""
+
+    def __init__(self):
+        self.paths: dict[str, Path] = {}
+
+    def keep(self, node_id: str | None, path: Path | None) -> None:
+        if node_id is None:
+            return
+        previous = self.paths.pop(str(node_id), None)
+        if path is not None:
+            self.paths[str(node_id)] = path
+        if previous is not None and previous != path and not _lru_cache():
+            try:
+                previous.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _lru_cache() -> bool:
+    cli_args = _module("comfy.cli_args")
+    return bool(getattr(getattr(cli_args, "args", None), "cache_lru", 0))
+
+
+RESULTS = NodeResults()
 
 
 # -- models under ComfyUI's memory management ----------------------------------------------------------------------
@@ -256,9 +316,11 @@ def video_frames(video, images, fps: float):
     if isinstance(source, (str, os.PathLike)):
         yield Path(source), None
         return
-    folder = tempfile.mkdtemp(prefix="latentsync-video-")
+    from .latentsync.tempfiles import owned_temp_dir
+
+    folder = owned_temp_dir("video")  # a killed run's is removed by the next run's stale sweep
     try:
-        path = Path(folder) / "video"
+        path = folder / "video"
         with open(path, "wb") as spill:
             source.seek(0)
             shutil.copyfileobj(source, spill, 1 << 20)
@@ -332,3 +394,51 @@ class FrameCollector:
 
     def result(self):
         return self.frames[:self.count]
+
+
+# -- what ComfyUI's cache sees -------------------------------------------------------------------------------------
+
+WIRING_KEY = "latentsync_outputs_wired"  # not an input: part of the node's cache key only
+
+
+def register_prompt_handler(node_classes: dict) -> None:
+    """Have every prompt that reaches the server pass ``cache_key_inputs`` first (once per process)."""
+    server = _module("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is None or not hasattr(instance, "add_on_prompt_handler"):
+        return
+    if any(getattr(handler, "latentsync", False) for handler in getattr(instance, "on_prompt_handlers", [])):
+        return
+
+    def handler(json_data):
+        if isinstance(json_data, dict) and isinstance(json_data.get("prompt"), dict):
+            cache_key_inputs(json_data["prompt"], node_classes)
+        return json_data
+
+    handler.latentsync = True
+    instance.add_on_prompt_handler(handler)
+
+
+def cache_key_inputs(prompt: dict, node_classes: dict) -> dict:
+    """Make ComfyUI's cache key of our nodes say what decides their result, in place.
+
+    ComfyUI keys a node's cached result on every value of its ``inputs``. The frontend adds values there that are
+    not inputs (the ``video-preview`` of a node that showed a video), so an unchanged graph would run again: they are
+    dropped. And which outputs are wired decides what the lip-sync node computes (frames only when asked for), so a
+    result made while ``frames`` was unwired must not serve a graph where it is: the wired outputs join the key."""
+    wired: dict[str, set] = {}
+    for node in prompt.values():
+        for value in ((node or {}).get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                wired.setdefault(str(value[0]), set()).add(value[1])
+    for node_id, node in prompt.items():
+        node_class = node_classes.get((node or {}).get("class_type"))
+        if node_class is None or not isinstance(node.get("inputs"), dict):
+            continue
+        declared = set()
+        for group in node_class.INPUT_TYPES().values():
+            declared.update(group)
+        node["inputs"] = {name: value for name, value in node["inputs"].items() if name in declared}
+        if len(node_class.RETURN_TYPES) > 1:
+            node["inputs"][WIRING_KEY] = ",".join(map(str, sorted(wired.get(str(node_id), ()))))  # never a link
+    return prompt

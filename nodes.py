@@ -94,7 +94,8 @@ class LatentSyncLipSync:
                        "Every output frame as IMAGE, only when asked for (output_mode frames, or auto with this "
                        "output connected): a long clip takes a lot of RAM this way.")
     OUTPUT_NODE = True
-    DESCRIPTION = ("Lip-syncs a talking-head video to speech (LatentSync; exact published outputs, flat memory). "
+    DESCRIPTION = ("Lip sync / dubbing: makes a talking head's mouth follow new speech (LatentSync; exact published "
+                   "outputs, flat memory). "
                    "Connect a VIDEO (streamed from its file) or IMAGE frames with their fps. The output lasts as long "
                    "as the audio: a longer audio plays the video forward and back.")
     SEARCH_ALIASES = SEARCH_ALIASES
@@ -156,15 +157,20 @@ class LatentSyncLipSync:
             output_mode == "auto" and bridge.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
         path, filename, subfolder = bridge.new_video_path() if output_mode != "frames" else (None, None, None)
         progress = bridge.NodeProgress(unique_id)
-        with bridge.video_frames(video, images, fps) as (frames_in, frame_rate):
+        with bridge.video_frames(video, images, fps) as (frames_in, frame_rate), bridge.named_as_chosen(frames_in):
             collector = _frame_collector(want_frames, audio, frames_in, frame_rate)
             try:
+                progress("models to the device", 0, 1)
                 with model.in_use(release_after=memory_mode == "aggressive") as models:
                     result = LipSyncPipeline(models, options).run(
                         frames_in, audio, path, fps=frame_rate, progress=progress,
                         should_cancel=bridge.interrupted, frame_sink=collector)
             except Cancelled as error:
                 bridge.raise_interrupted(error)
+        progress.finish(f"done: {result.num_frames} frame{'s' if result.num_frames != 1 else ''}" + (
+            f", {result.frames_without_face} without a face passed through" if result.frames_without_face else ""),
+            result.warnings)
+        bridge.RESULTS.keep(unique_id, path)  # and the node's earlier result, no longer served, is removed
         frames = collector.result() if collector is not None else bridge.blocked(
             "LatentSync Lip Sync returns frames only when asked for: set its output_mode to frames or auto")
         video_out = bridge.video_output(path, frames if collector is not None else None, audio, result.fps)
@@ -198,5 +204,8 @@ def _frame_collector(wanted: bool, audio, frames_in, frame_rate):
 
 
 NODE_CLASS_MAPPINGS = {"LatentSyncModelLoader": LatentSyncModelLoader, "LatentSyncLipSync": LatentSyncLipSync}
+bridge.register_prompt_handler(NODE_CLASS_MAPPINGS)
+# ComfyUI 0.3.x's search box matches the class and display names only, near their start (it ignores
+# SEARCH_ALIASES): the words users type for this node lead its display name
 NODE_DISPLAY_NAME_MAPPINGS = {"LatentSyncModelLoader": "LatentSync Model Loader",
-                              "LatentSyncLipSync": "LatentSync Lip Sync"}
+                              "LatentSyncLipSync": "Lip Sync, Talking Head Dubbing (LatentSync)"}

@@ -136,6 +136,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
+        if node["type"] not in object_info:  # the frontend's own nodes (a Note) are not sent
+            continue
         spec = object_info[node["type"]]
         inputs = {}
         for name, value in zip(widget_names(spec), list(node.get("widgets_values") or [])):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import pytest
 from comfyui_server import PACK_NAME, REPO, comfyui_server, get, post, ui_to_api, write_clip, write_speech
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-WORKFLOW = REPO / "example_workflows" / "latentsync_lipsync.json"
+TEMPLATE = "Lip sync a talking-head video to speech (LatentSync)"  # its title in Browse Templates
+WORKFLOW = REPO / "example_workflows" / f"{TEMPLATE}.json"
 API_GRAPH = Path(__file__).resolve().parent / "workflows" / "lipsync_api.json"
 CLIP_SECONDS = 0.64  # 16 frames: one UNet chunk
 
@@ -78,13 +80,13 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         failed = [line for line in server.log(10 ** 6).splitlines() if "IMPORT FAILED" in line]
         assert not any(PACK_NAME in line for line in failed), server.log()
         assert {"LoadVideo", "LoadAudio", "SaveVideo", "GetVideoComponents"} <= set(object_info), failed
-        assert object_info["LatentSyncLipSync"]["display_name"] == "LatentSync Lip Sync"
+        assert object_info["LatentSyncLipSync"]["display_name"] == "Lip Sync, Talking Head Dubbing (LatentSync)"
         assert object_info["LatentSyncModelLoader"]["display_name"] == "LatentSync Model Loader"
         assert object_info["LatentSyncLipSync"]["output"] == ["VIDEO", "AUDIO", "IMAGE"]
 
         # ComfyUI lists the template (Browse Templates) and serves it with its thumbnail
-        assert get(f"{server.url}/workflow_templates") == {PACK_NAME: ["latentsync_lipsync"]}
-        served = f"{server.url}/api/workflow_templates/{PACK_NAME}/latentsync_lipsync"
+        assert get(f"{server.url}/workflow_templates") == {PACK_NAME: [TEMPLATE]}
+        served = f"{server.url}/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(TEMPLATE)}"
         assert get(f"{served}.json") == json.loads(WORKFLOW.read_text())
         with urllib.request.urlopen(f"{served}.jpg", timeout=10) as thumbnail:
             assert thumbnail.status == 200 and thumbnail.read(3) == b"\xff\xd8\xff"
@@ -112,6 +114,24 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert len(frames) == 16 and sound is not None and abs(sound - 16 / 25) < 0.05
         assert json.loads(metadata["workflow"])["nodes"] == workflow["nodes"]
         assert "LatentSyncLipSync" in metadata["prompt"]
+
+        # the same graph again, as the frontend sends it after a run (with the node's own video preview as an input
+        # value): the lip-sync comes from ComfyUI's cache. Wiring `frames` then runs it again, with frames.
+        lipsync_id = next(key for key, node in prompt.items() if node["class_type"] == "LatentSyncLipSync")
+        first_temp = sorted(p.name for p in (base / "temp" / "latentsync").glob("*.mp4"))
+        assert len(first_temp) == 1
+        previewed = json.loads(json.dumps(prompt))
+        previewed[lipsync_id]["inputs"]["video-preview"] = {"params": {"filename": first_temp[0], "type": "temp"}}
+        events = dict(server.wait(server.queue(previewed, workflow))["status"]["messages"])
+        assert lipsync_id in events["execution_cached"]["nodes"], events
+        wired = json.loads(json.dumps(previewed))
+        wired["99"] = {"class_type": "PreviewImage", "inputs": {"images": [lipsync_id, 2]}}
+        entry = server.wait(server.queue(wired, workflow))
+        events = dict(entry["status"]["messages"])
+        assert entry["status"]["status_str"] == "success" and lipsync_id not in events["execution_cached"]["nodes"]
+        assert len(entry["outputs"]["99"]["images"]) == 16  # every frame, not the blocked output of the cached run
+        kept = sorted(p.name for p in (base / "temp" / "latentsync").glob("*.mp4"))
+        assert len(kept) == 1 and kept != first_temp  # the node's earlier result left temp/ once replaced
 
         # three prompts queued at once, different seeds: three files, three different results
         ids = []

@@ -117,7 +117,7 @@ def nodes(package):
 def test_mappings_and_display_names(package):
     assert set(package.NODE_CLASS_MAPPINGS) == {"LatentSyncModelLoader", "LatentSyncLipSync"}
     assert package.NODE_DISPLAY_NAME_MAPPINGS == {"LatentSyncModelLoader": "LatentSync Model Loader",
-                                                  "LatentSyncLipSync": "LatentSync Lip Sync"}
+                                                  "LatentSyncLipSync": "Lip Sync, Talking Head Dubbing (LatentSync)"}
     loader, lipsync = (package.NODE_CLASS_MAPPINGS[n] for n in ("LatentSyncModelLoader", "LatentSyncLipSync"))
     assert loader.RETURN_TYPES == ("LATENTSYNC_MODEL",)
     assert lipsync.RETURN_TYPES == ("VIDEO", "AUDIO", "IMAGE") and lipsync.RETURN_NAMES == ("video", "audio", "frames")
@@ -182,6 +182,39 @@ def test_output_wiring_is_read_from_the_prompt(package):
     assert bridge.output_is_wired(prompt, "5", 2) and bridge.output_is_wired(prompt, "5", 0)
     assert not bridge.output_is_wired(prompt, "5", 1) and not bridge.output_is_wired(prompt, "6", 2)
     assert not bridge.output_is_wired(None, "5", 2)
+
+
+def cache_signature(prompt: dict, node_id: str) -> list:
+    """ComfyUI's cache key of a node without links (comfy_execution/caching.py): its class and every input value."""
+    node = prompt[node_id]
+    return [node["class_type"], *((key, json.dumps(node["inputs"][key])) for key in sorted(node["inputs"]))]
+
+
+def test_cache_key_ignores_the_preview_and_follows_the_wiring(nodes, comfyui):
+    """After a run the frontend sends the node's own video preview back as an input value: an unchanged graph must
+    still come from ComfyUI's cache. Wiring ``frames`` must not: that result had no frames."""
+    import copy
+
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    for _ in range(2):  # what nodes.py does on import, and a second import of the pack
+        bridge.register_prompt_handler(nodes.NODE_CLASS_MAPPINGS)
+    server = comfyui["server"]
+
+    def submitted(prompt: dict) -> dict:
+        return server.trigger_on_prompt({"prompt": copy.deepcopy(prompt)})["prompt"]
+
+    node = {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1, "inference_steps": 20, "model": ["1", 0]}}
+    graph = {"5": node, "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x"}}}
+    first = submitted(graph)
+    previewed = copy.deepcopy(graph)
+    previewed["5"]["inputs"]["video-preview"] = {"params": {"filename": "LatentSync_00001_.mp4", "type": "temp"}}
+    assert cache_signature(submitted(previewed), "5") == cache_signature(first, "5")
+    wired = copy.deepcopy(graph)
+    wired["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}
+    assert cache_signature(submitted(wired), "5") != cache_signature(first, "5")
+    assert submitted(wired)["5"]["inputs"]["seed"] == 1 and "video-preview" not in submitted(previewed)["5"]["inputs"]
+    handlers = [h for h in server.on_prompt_handlers if getattr(h, "latentsync", False)]
+    assert len(handlers) == 1  # registered once, however often the pack is imported
 
 
 # -- end to end with the tiny checkpoints ------------------------------------------------------------------------
@@ -331,6 +364,67 @@ def test_progress_moves_every_denoising_step_with_the_stage_named(package, node_
     assert any(0 < value < frames for value in values) and values[-1] == frames
     texts = [text for node_id, text in node_env["server"].texts if node_id == "9"]
     assert any(text.startswith("lip-sync") for text in texts)
+    # the start is never silent: each stage before the first denoising step names itself, in order
+    stages = [text.split(":")[0] for text in texts]
+    firsts = [stages.index(name) for name in ("models to the device", "read video and audio", "audio features",
+                                               "detect faces", "lip-sync")]
+    assert firsts == sorted(firsts), stages
+    assert texts[-1] == f"done: {frames} frames"  # what the node keeps showing
+
+
+def test_warnings_stay_on_the_node(package, node_env, short_clip):
+    """A speech shorter than the model's 16 frames and an attention kernel that is not installed: the run goes on,
+    and the node's last text says both (wrapped to the node's width)."""
+    pytest.importorskip("torch")
+    import importlib.util as util
+
+    if util.find_spec("xformers") is not None:
+        pytest.skip("xformers is installed here: its fallback cannot be seen")
+    images, _, audio, fps = short_clip
+    blip = {"waveform": audio["waveform"][..., : audio["sample_rate"] // 20], "sample_rate": audio["sample_rate"]}
+    out = run_node(package, load_model(package), blip, node_id="11", images=images, fps=fps, output_mode="frames",
+                   attention_mode="xformers")
+    assert out["result"][2].shape[0] == 1
+    last = [text for node_id, text in node_env["server"].texts if node_id == "11"][-1]
+    assert last.startswith("done: 1 frame\n") and max(len(line) for line in last.splitlines()) <= 52
+    flat = " ".join(last.split())
+    assert "warning: the speech lasts 0.05 s: the output has only 1 frame(s)" in flat
+    assert "warning: attention_mode xformers does not run here;" in flat
+
+
+def test_errors_name_the_file_as_the_user_chose_it(package, node_env, short_clip):
+    """A corrupt file in ComfyUI's input folder: the sentence names it as Load Video lists it, without the
+    server's path or FFmpeg's error number."""
+    from comfy_api.input_impl import VideoFromFile
+
+    _, _, audio, _ = short_clip
+    folder = Path(node_env["folder_paths"].get_input_directory()) / "clips"
+    folder.mkdir(parents=True)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError) as error:
+        run_node(package, load_model(package), audio, video=VideoFromFile(str(folder / "broken.mp4")))
+    message = str(error.value)
+    assert message.startswith("cannot read clips/broken.mp4 as media (Invalid data found when processing input)")
+    assert str(folder) not in message and "Errno" not in message
+
+
+def test_an_earlier_result_of_the_node_is_removed_once_replaced(package, comfyui, monkeypatch, tmp_path):
+    """ComfyUI empties temp/ only when it restarts: each node keeps its latest result file there, no more (unless an
+    LRU cache may serve an older one again)."""
+    import types
+
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    results = bridge.NodeResults()
+    paths = [tmp_path / f"{i}.mp4" for i in range(4)]
+    for path in paths:
+        path.write_bytes(b"video")
+    results.keep("5", paths[0])
+    results.keep("6", paths[1])  # another node's result stays
+    results.keep("5", paths[2])
+    assert [path.exists() for path in paths[:3]] == [False, True, True]
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", types.SimpleNamespace(args=types.SimpleNamespace(cache_lru=10)))
+    results.keep("5", paths[3])
+    assert paths[2].exists() and paths[3].exists()
 
 
 def test_images_route_frames_mode_writes_no_file(package, node_env, short_clip):
