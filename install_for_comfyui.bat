@@ -38,6 +38,12 @@ set "CONSTRAINTS=%TEMP%\latentsync-constraints-%RANDOM%.txt"
 "%PY%" -c "import sys; from importlib import metadata as m; out=open(sys.argv[1],'w'); [out.write(f'{n}=={m.version(n)}\n') for n in ('torch','torchvision','torchaudio','xformers') if __import__('importlib.util').util.find_spec(n)]" "%CONSTRAINTS%"
 "%PY%" -m pip install -r "%HERE%\requirements.txt" -c "%CONSTRAINTS%"
 set "PIP_RC=%ERRORLEVEL%"
+rem onnxruntime: an installed build is kept (the CPU package beside onnxruntime-gpu breaks its CUDA provider);
+rem without one, onnxruntime-gpu where torch sees CUDA, onnxruntime elsewhere
+set "ORT="
+if "%PIP_RC%"=="0" for /f "delims=" %%R in ('cd /d "%HERE%" ^&^& "%PY%" -m latentsync.tools.choose_onnxruntime') do set "ORT=%%R"
+if "%PIP_RC%"=="0" if not "%ORT%"=="" "%PY%" -m pip install "%ORT%" -c "%CONSTRAINTS%"
+if "%PIP_RC%"=="0" if not "%ORT%"=="" set "PIP_RC=%ERRORLEVEL%"
 del "%CONSTRAINTS%" >nul 2>&1
 if not "%PIP_RC%"=="0" exit /b %PIP_RC%
 

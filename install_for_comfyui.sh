@@ -65,6 +65,15 @@ EOF
 
 "$PY" -m pip install -r "$HERE/requirements.txt" -c "$CONSTRAINTS"
 
+# onnxruntime (InsightFace's detector): an installed build is kept (the CPU package beside onnxruntime-gpu would break
+# its CUDA provider); without one, onnxruntime-gpu where torch sees CUDA, onnxruntime elsewhere
+ORT="$(cd "$HERE" && "$PY" -m latentsync.tools.choose_onnxruntime)"
+if [ -n "$ORT" ]; then
+    "$PY" -m pip install "$ORT" -c "$CONSTRAINTS"
+else
+    echo "Keeping the installed onnxruntime build"
+fi
+
 AFTER="$("$PY" -c 'import torch; print(torch.__version__)')"
 if [ "$AFTER" != "$TORCH" ]; then
     echo "WARNING: torch changed from $TORCH to $AFTER; reinstall ComfyUI's torch build." >&2

@@ -55,6 +55,26 @@ def attention_report(device: str) -> list[dict]:
     return rows
 
 
+def onnxruntime_report() -> dict:
+    """Which onnxruntime build runs InsightFace's detector, and with which providers (two builds overwrite one
+    module: the GPU one then loses CUDA)."""
+    from latentsync.tools.choose_onnxruntime import installed_builds
+
+    builds = installed_builds()
+    report = {"builds": builds, "providers": []}
+    try:
+        import onnxruntime
+
+        report["version"] = onnxruntime.__version__
+        report["providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        report["version"] = None
+    if len(builds) > 1:
+        report["problem"] = (f"{' and '.join(builds)} are both installed and share one module: uninstall both, "
+                             "then pip install only onnxruntime-gpu (CUDA) or onnxruntime")
+    return report
+
+
 def ffmpeg_report() -> dict:
     from latentsync.video import find_ffmpeg, nvenc_available
 
@@ -125,6 +145,8 @@ def problems(report: dict) -> list[str]:
     ffmpeg = report["ffmpeg"]
     if not ffmpeg.get("ffmpeg"):
         found.append("ffmpeg not found: pip install imageio-ffmpeg (or install ffmpeg on your PATH)")
+    if report.get("onnxruntime", {}).get("problem"):
+        found.append(report["onnxruntime"]["problem"])
     detectors = report["detectors"]
     if "error" in detectors or not any(d["available"] for d in detectors.values()):
         found.append("no face detector works: pip install dlib-bin face_recognition_models, or download buffalo_l "
@@ -149,6 +171,7 @@ def build_report(version: str, folder: str | None, unet_config: str | None = Non
     report["runs_on"] = device
     report["attention"] = _section("attention", lambda: attention_report(device))
     report["ffmpeg"] = _section("ffmpeg", ffmpeg_report)
+    report["onnxruntime"] = _section("onnxruntime", onnxruntime_report)
     report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder, unet_config))
     root = Path(report["checkpoints"].get("root", "checkpoints"))
     report["detectors"] = _section("detectors", lambda: detector_report(root))
@@ -178,6 +201,10 @@ def print_table(report: dict) -> None:
         print(f"  BROKEN: {attention['error']}")
     f = report["ffmpeg"]
     print(f"\n  ffmpeg       {f.get('ffmpeg') or 'NOT FOUND'}\n  NVENC        {'yes' if f.get('nvenc') else 'no'}")
+    o = report["onnxruntime"]
+    if "error" not in o:
+        runs = f"{o['version']} from {', '.join(o['builds']) or '?'}" if o["version"] else "not installed (dlib only)"
+        print(f"  onnxruntime  {runs}; providers: {', '.join(o['providers']) or '-'}")
     print("\n  face detector")
     detectors = report["detectors"]
     for name, info in ({} if "error" in detectors else detectors).items():

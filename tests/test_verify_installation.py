@@ -71,3 +71,20 @@ def test_a_truncated_vae_is_reported_and_no_gpu_is_said_plainly(tiny_set, tmp_pa
         assert "No GPU is usable here" not in done.stdout
     else:
         assert "No GPU is usable here: the models would run on the CPU" in done.stdout
+
+
+def test_onnxruntime_build_is_kept_or_chosen_for_the_machine():
+    """An installed onnxruntime build (this test environment has the CPU one) is kept: nothing to install. Only a
+    Python without any build gets one, the GPU build where torch sees CUDA."""
+    import verify_installation
+    from latentsync.tools.choose_onnxruntime import installed_builds, requirement
+
+    assert "onnxruntime" in installed_builds()
+    done = subprocess.run([sys.executable, "-m", "latentsync.tools.choose_onnxruntime"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0 and done.stdout == ""  # what the install scripts read: keep it
+    assert requirement(["onnxruntime-gpu"], cuda=False) is None and requirement(["onnxruntime"], cuda=True) is None
+    assert requirement([], cuda=True) == "onnxruntime-gpu>=1.16" and requirement([], cuda=False) == "onnxruntime>=1.16"
+    report = verify_installation.onnxruntime_report()
+    assert report["builds"] == ["onnxruntime"] and "CPUExecutionProvider" in report["providers"]
+    assert "problem" not in report
