@@ -24,7 +24,7 @@ MODEL_FOLDER = "latentsync"  # models/latentsync, and any "latentsync:" entry of
 OUTPUT_SUBFOLDER = "latentsync"
 FILENAME_PREFIX = "LatentSync"
 PROGRESS_TEXT_SECONDS = 0.5  # the stage text is sent at most this often (it goes over the websocket)
-NODE_TEXT_WIDTH = 52  # characters per line of the node's text at its default width
+NODE_TEXT_WIDTH = 52  # characters of one line of the node's text at its default width (it shows two lines)
 
 
 def _module(name: str):
@@ -132,11 +132,14 @@ class NodeProgress:
             self._text(f"{stage}: {int(done)}/{total}")
 
     def finish(self, text: str, warnings: list[str] = ()) -> None:
-        """The text the node keeps after the run: its outcome, and every warning the run had."""
+        """The text the node keeps after the run: its outcome and the label of every warning (the node shows two
+        lines; the whole sentences go to the log)."""
         for warning in warnings:
             log.warning("LatentSync: %s", warning)
-        lines = [text, *(f"warning: {warning}" for warning in warnings)]
-        self._text("\n".join(textwrap.fill(line, NODE_TEXT_WIDTH) for line in lines))  # the node does not wrap
+        if warnings:
+            labels = "; ".join(warning.split(":")[0] for warning in warnings)
+            text += "\n" + textwrap.shorten(f"warning: {labels}", NODE_TEXT_WIDTH, placeholder="...")
+        self._text(text)
 
     def _text(self, text: str) -> None:
         server = _module("server")

@@ -81,7 +81,8 @@ class RunResult:
     frames_without_face: int
     plan: MemoryPlan
     seconds: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # what the user should know (also logged)
+    # what the user should know (also logged): sentences that start with a short label, "label: ..."
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -235,8 +236,9 @@ class LipSyncPipeline:
         report("audio features", 1, 1)
         used = self.models.use_attention(self.options.attention, self.options.lip_focus)
         if self.options.attention not in ("auto", used):
-            run.warn(f"attention_mode {self.options.attention} does not run here; {used} runs instead (the same "
-                     "result within float tolerance): see the log or verify_installation.py for why")
+            run.warn(f"{self.options.attention} unavailable: attention_mode {self.options.attention} does not run "
+                     f"here, {used} runs instead (the same result within float tolerance); verify_installation.py "
+                     "says why")
         run.times.add("audio", time.perf_counter() - started)
         return run
 
@@ -304,8 +306,8 @@ class LipSyncPipeline:
             log.info("memory plan: %s", reason)
         run = SyncedFrames(self, source, samples, total, plan, progress, should_cancel, segment)
         if total < self.models.chunk_size:
-            run.warn(f"the speech lasts {len(samples) / 16000:.2f} s: the output has only {total} frame(s); the model "
-                     f"syncs {self.models.chunk_size} frames at a time, so give at least "
+            run.warn(f"speech too short: it lasts {len(samples) / 16000:.2f} s, so the output has only {total} "
+                     f"frame(s); the model syncs {self.models.chunk_size} frames at a time: give at least "
                      f"{self.models.chunk_size / float(source.fps):.2f} s of speech")
         return run
 
