@@ -355,11 +355,17 @@ def output_is_wired(prompt: dict | None, node_id: str | None, index: int) -> boo
     """Whether output ``index`` of node ``node_id`` feeds another node of the prompt being run."""
     if not prompt or node_id is None:
         return False
+    return index in wired_outputs(prompt).get(str(node_id), ())
+
+
+def wired_outputs(prompt: dict) -> dict[str, set[int]]:
+    """Node id -> the indices of its outputs that feed another node of the prompt (links are [node id, index])."""
+    wired: dict[str, set[int]] = {}
     for node in prompt.values():
-        for value in (node.get("inputs") or {}).values():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] == index:
-                return True
-    return False
+        for value in ((node or {}).get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                wired.setdefault(str(value[0]), set()).add(value[1])
+    return wired
 
 
 def audio_seconds(audio) -> float:
@@ -429,11 +435,7 @@ def cache_key_inputs(prompt: dict, node_classes: dict) -> dict:
     not inputs (the ``video-preview`` of a node that showed a video), so an unchanged graph would run again: they are
     dropped. And which outputs are wired decides what the lip-sync node computes (frames only when asked for), so a
     result made while ``frames`` was unwired must not serve a graph where it is: the wired outputs join the key."""
-    wired: dict[str, set] = {}
-    for node in prompt.values():
-        for value in ((node or {}).get("inputs") or {}).values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
-                wired.setdefault(str(value[0]), set()).add(value[1])
+    wired = wired_outputs(prompt)
     for node_id, node in prompt.items():
         node_class = node_classes.get((node or {}).get("class_type"))
         if node_class is None or not isinstance(node.get("inputs"), dict):

@@ -310,14 +310,18 @@ def check_job(job: Job, args) -> None:
     """What can be known about a job before any model loads: its inputs readable (the audio with sound), its
     output's folder writable. Raises the sentence its record keeps."""
     from .paths import writable_folder
-    from .video import probe_audio, probe_video
+    from .video import check_audio_file, probe_video
 
+    _require_inputs(job)
+    probe_video(job.video)
+    check_audio_file(job.audio)
+    writable_folder(job.output)
+
+
+def _require_inputs(job: Job) -> None:
     for name in ("video", "audio"):
         if not getattr(job, name).is_file():
             raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
-    probe_video(job.video)
-    probe_audio(job.audio)
-    writable_folder(job.output)
 
 
 def remove_leftovers(job: Job, wait: float = 0.0) -> None:
@@ -374,9 +378,7 @@ class JobRunner:
     def _pipeline(self, job: Job, args):
         from .pipeline import LipSyncPipeline
 
-        for name in ("video", "audio"):
-            if not getattr(job, name).is_file():
-                raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
+        _require_inputs(job)  # again on the worker: it may see other files than the driver
         if args.resolution not in self.models:
             self.models[args.resolution] = self.load_models(args, self.progress)
         return LipSyncPipeline(self.models[args.resolution], self.pipeline_options(args))

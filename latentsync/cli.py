@@ -101,7 +101,7 @@ def check_arguments(args) -> None:
     """Every path and value, checked before anything heavy: one sentence naming the flag and the fix. A variable
     frame rate is a printed warning."""
     from .checkpoints import download_command
-    from .video import MediaError, probe_audio
+    from .video import MediaError, check_audio_file
 
     for flag in ("video", "audio"):
         if not Path(getattr(args, flag)).is_file():
@@ -123,7 +123,7 @@ def check_arguments(args) -> None:
     except PermissionError as error:
         raise PermissionError(f"--out: {error}") from None
     try:
-        probe_audio(args.audio)
+        check_audio_file(args.audio)
     except MediaError as error:
         raise MediaError(f"--audio: {error}") from None
     warning = variable_rate_warning(Path(args.video))
@@ -144,11 +144,11 @@ def variable_rate_warning(video: Path) -> str | None:
 
     try:
         spread = variable_frame_rate(video)
+        if spread is None:
+            return None
         fps = float(probe_video(video).fps)
     except MediaError:
         return None  # the run itself says what is wrong with the file
-    if spread is None:
-        return None
     return (f"{video.name} has a variable frame rate (frames last {spread[0] * 1000:.0f} to {spread[1] * 1000:.0f} "
             f"ms): it is read frame after frame at its average {fps:.3f} fps, so its timing is evened out and the "
             f"speech may drift from it; to keep its timing, convert it first: ffmpeg -i {video.name} -fps_mode cfr "
@@ -260,7 +260,6 @@ def _job_arguments(defaults, job, columns: dict) -> argparse.Namespace:
     args = argparse.Namespace(**values)
     names = {action.dest: f"{job.where}, column {column}" for column, action in columns.items()}
     check_run_values(args, names)
-    check_not_an_input(job.output, {"video": job.video, "audio": job.audio}, f"{job.where}: output")
     check_output_name(job.output, args.codec, f"{job.where}: output")
     return args
 

@@ -21,7 +21,7 @@ import pytest
 from latentsync import batch
 from latentsync.cli import main
 from latentsync.paths import disk_full_sentence
-from latentsync.video import MediaError, probe_audio, variable_frame_rate
+from latentsync.video import MediaError, check_audio_file, variable_frame_rate
 
 DEMO_VIDEO = "demo1_video.mp4"
 DEMO_AUDIO = "demo1_audio.wav"
@@ -248,7 +248,7 @@ def test_audio_without_sound_or_empty_is_refused_up_front(inputs, tmp_path, medi
     assert message == f"error: --audio: the audio file {empty} is empty (0 bytes): export the speech again"
     silent = write_timed_clip(tmp_path / "silent.mp4", [4 * i for i in range(30)])  # a video without sound
     with pytest.raises(MediaError, match="has no audio stream"):
-        probe_audio(silent)
+        check_audio_file(silent)
     message = one_sentence(*run_cli(capsys, "--video", str(video), "--audio", str(silent), "--out",
                                     str(tmp_path / "o.mp4")))
     assert "has no audio stream" in message

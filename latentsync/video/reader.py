@@ -32,20 +32,27 @@ class VideoInfo:
     has_audio: bool = False
 
 
-def _open(path: str | Path):
-    """Open a media file with PyAV, turning every failure into a MediaError naming the path."""
+# each kind of file: what it is called, and what to do when it cannot be read
+_KINDS = {"video": ("a video", "re-export it (e.g. as H.264 MP4)"),
+          "audio": ("an audio file", "export it again (e.g. as WAV)")}
+
+
+def _open(path: str | Path, kind: str = "video"):
+    """Open a media file with PyAV, turning every failure into a MediaError naming the path (``kind``: what the
+    file should be, video or audio)."""
     import av
 
     path = Path(path)
+    noun, fix = _KINDS[kind]
     if not path.exists():
-        raise MediaError(f"video file not found: {path}: check the path")
+        raise MediaError(f"{kind} file not found: {path}: check the path")
     if not path.is_file():
-        raise MediaError(f"not a file: {path}: give the path of a video file")
+        raise MediaError(f"not a file: {path}: give the path of {noun}")
     try:
         return av.open(str(path), mode="r")
     except Exception as error:  # av.FFmpegError (InvalidDataError, ...), OSError
-        raise MediaError(f"cannot read {path} as media ({_reason(error)}): the file is corrupt, incomplete or not a "
-                         "video; re-export it (e.g. as H.264 MP4)") from None
+        raise MediaError(f"cannot read {path} as media ({_reason(error)}): the file is corrupt, incomplete or not "
+                         f"{noun}; {fix}") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -245,28 +252,15 @@ def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     return np.stack([found[int(i)] for i in indices])
 
 
-def probe_audio(path: str | Path) -> float:
-    """Seconds of sound in a media file (an audio file, or a video with sound), checked before any work: MediaError
-    in one sentence for a missing, empty or unreadable file, or one without an audio stream."""
-    import av
-
+def check_audio_file(path: str | Path) -> None:
+    """MediaError in one sentence, before any work, for a missing, empty or unreadable audio file, or one without an
+    audio stream (an audio file, or a video with sound, is fine)."""
     path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"audio file not found: {path}: check the path")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise MediaError(f"the audio file {path} is empty (0 bytes): export the speech again")
-    try:
-        container = av.open(str(path), mode="r")
-    except Exception as error:  # av.FFmpegError and its kinds, OSError
-        raise MediaError(f"cannot read {path} as audio ({_reason(error)}): the file is corrupt, incomplete or "
-                         "not a media file; export it again (e.g. as WAV)") from None
-    with container:
+    with _open(path, "audio") as container:
         if not container.streams.audio:
             raise MediaError(f"{path} has no audio stream: give a speech file, or a video that has sound")
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        return float(container.duration or 0) / 1_000_000  # av.time_base: microseconds
 
 
 # frame durations further than this from the usual one make a file variable-frame-rate (a timestamp rounded to

@@ -39,6 +39,9 @@ def _temp_path(folder: Path, name: str, suffix: str) -> Path:
             return temp
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal the child gets when its parent dies
+
+
 def _end_with_parent():
     """For ffmpeg's ``preexec_fn`` on Linux: killed when the process that started it dies (even by kill -9), so
     it never finishes a hidden partial file on its own. ffmpeg runs in its own session so that a Ctrl-C reaches
@@ -58,9 +61,6 @@ def _end_with_parent():
             os._exit(1)
 
     return set_death_signal
-
-
-PR_SET_PDEATHSIG = 1
 
 
 class _StderrDrain(threading.Thread):
