@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latentsync.face import FaceStage, available_detectors, create_detector  # noqa: E402
-from latentsync.face import cv2_recipe  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import cv2_recipe  # noqa: E402  (the one-frame OpenCV recipe the tests cross-check against)
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "media" / "demo1_video.mp4"
 

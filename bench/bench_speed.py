@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 sys.path.insert(0, str(REPO))
 
-from latentsync.audio import WhisperEncoder, make_tiny_whisper_checkpoint  # noqa: E402
+from latentsync.audio import WhisperEncoder  # noqa: E402
+from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint  # noqa: E402
 from latentsync.checkpoints import CheckpointSet, get_version  # noqa: E402
 from latentsync.memory_limiter import detect_hardware, plan_memory  # noqa: E402
 from latentsync.models.loading import load_unet_config  # noqa: E402

@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
+from .errors import DownloadError, MissingCheckpointError  # noqa: F401 (raised here; defined with the others)
 
 log = logging.getLogger("latentsync.checkpoints")
 
@@ -60,11 +61,6 @@ BUFFALO_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7
 OFFICIAL_MIN_BYTES = {"latentsync_unet.pt": 4_000_000_000, "tiny.pt": 70_000_000,
                       "diffusion_pytorch_model.safetensors": 300_000_000}
 
-
-class MissingCheckpointError(FileNotFoundError):
-    """A weight file is absent and could not be downloaded."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 @dataclass(frozen=True)
@@ -138,11 +134,6 @@ def locate(version: str = "1.6", checkpoints_dir: Folders = None,
                          unet=found["unet"], unet_config=Path(unet_config or spec.unet_config),
                          whisper=found["whisper"], vae_dir=vae_dir)
 
-
-class DownloadError(RuntimeError):
-    """A download that was asked for could not be completed (offline, a failed transfer, a bad checksum)."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 def _reachable(host: str, timeout: float = 5.0) -> bool:

@@ -10,24 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
-from .checkpoints import VERSIONS
-from .options import LOAD, OUTPUT, RUN
+from .errors import LatentSyncError
+from .options import LOAD, RUN, Option
 from .paths import check_not_an_input, check_output_name, writable_folder
 
-RESOLUTION_TO_VERSION = {str(v.resolution): name for name, v in VERSIONS.items()}
-DISK_CACHE_CHOICES = {"auto": None, "on": True, "off": False}
-FLAGS: dict[str, str] = {}  # run option -> its flag (error sentences name what the user typed), filled below
-
-
-def _option(parser, flag: str, name: str, kind=None, **extra) -> argparse.Action:
-    """A flag whose default, choices and help come from the options schema."""
-    param = RUN[name]
-    FLAGS[name] = flag
-    help_text = f"{param.help} (default {param.default})"
-    if param.min is not None:
-        help_text += f"; {param.min}-{param.max}"
-    return parser.add_argument(flag, dest=name, default=param.default, help=help_text,
-                               type=kind or type(param.default), choices=param.choices, **extra)
+CHOICES = (*LOAD.values(), *RUN.values())  # what a run lets the user choose: every one of them has a flag
+FLAGS = {option.field: option.flag for option in CHOICES}  # error sentences name what the user typed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,36 +29,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The options of a run, shared by a single run and a batch (where they are every job's defaults); returns the
-    ones a job may set, by their jobs-file column (``--lip-focus`` -> ``lip_focus``)."""
-    actions = [
-        parser.add_argument("--resolution", choices=sorted(RESOLUTION_TO_VERSION), default="512",
-                            help="face size in pixels, and with it the version: 512 = LatentSync 1.6, 256 = "
-                                 "LatentSync 1.5 (default 512)"),
-        parser.add_argument("--codec", choices=OUTPUT["codec"].choices, default=OUTPUT["codec"].default,
-                            help=f"{OUTPUT['codec'].help} (default {OUTPUT['codec'].default})"),
-        _option(parser, "--steps", "steps"),
-        _option(parser, "--seed", "seed"),
-        _option(parser, "--guidance", "guidance_scale"),
-        _option(parser, "--attention", "attention"),
-        _option(parser, "--lip-focus", "lip_focus"),
-        _option(parser, "--deepcache", "deepcache_interval", metavar="N"),
-        _option(parser, "--optimization-level", "optimization_level"),
-        _option(parser, "--memory-mode", "memory_mode"),
-        _option(parser, "--vram-fraction", "vram_fraction"),
-        parser.add_argument("--disk-cache", choices=list(DISK_CACHE_CHOICES), default="auto",
-                            help=RUN["disk_cache"].help),
-        _option(parser, "--face", "face", metavar="N"),
-        _option(parser, "--detector", "detector"),
-    ]
-    parser.add_argument("--precision", choices=LOAD["precision"].choices, default=LOAD["precision"].default,
-                        help=LOAD["precision"].help)
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a run, shared by a single run and a batch (where they are every job's defaults): one flag per
+    schema entry, kept as typed (``read_choices`` reads them), and the paths of the weights."""
+    for option in CHOICES:
+        words = list(option.words or option.choices or ()) or None
+        parser.add_argument(option.flag, dest=option.field, default=option.typed_default, choices=words,
+                            metavar=None if words else option.kind.__name__.upper(), help=_help(option))
     parser.add_argument("--checkpoints", default=None, help="checkpoints folder (default: ./checkpoints)")
     parser.add_argument("--unet-config", default=None, help="UNet yaml (default: the one of the version)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: best available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return {action.option_strings[0][2:].replace("-", "_"): action for action in actions}
+
+
+def _help(option: Option) -> str:
+    limits = f"; {option.min}-{option.max}" if option.min is not None else ""
+    return f"{option.help} (default {option.typed_default}{limits})"
+
+
+def read_choices(args) -> dict:
+    """Option field -> its checked value, from the flags as typed; a sentence naming the flag otherwise."""
+    return {option.field: option.parse(getattr(args, option.field), option.flag) for option in CHOICES}
+
+
+def model_choice(args, values: dict):
+    from .model_set import ModelChoice
+
+    return ModelChoice(values["version"], values["precision"], args.checkpoints, args.unet_config, args.device)
+
+
+def pipeline_options(values: dict):
+    from .options import PipelineOptions
+
+    return PipelineOptions(**{name: values[name] for name in RUN})
 
 
 class TqdmProgress:
@@ -97,9 +88,9 @@ class TqdmProgress:
             bar.close()
 
 
-def check_arguments(args) -> None:
+def check_arguments(args) -> dict:
     """Every path and value, checked before anything heavy: one sentence naming the flag and the fix. A variable
-    frame rate is a printed warning."""
+    frame rate is a printed warning. Returns the checked option values (``read_choices``)."""
     from .checkpoints import download_command
     from .video import MediaError, check_audio_file
 
@@ -108,16 +99,16 @@ def check_arguments(args) -> None:
             raise FileNotFoundError(f"--{flag}: no such file: {getattr(args, flag)}")
     if args.unet_config and not Path(args.unet_config).is_file():
         raise FileNotFoundError(f"--unet-config: no such file: {args.unet_config}")
+    values = read_choices(args)
     if args.checkpoints and not Path(args.checkpoints).is_dir():
-        command = download_command(RESOLUTION_TO_VERSION[args.resolution], Path(args.checkpoints))
+        command = download_command(values["version"], Path(args.checkpoints))
         raise FileNotFoundError(f"--checkpoints: no such folder: {args.checkpoints}; check the path, or download the "
                                 f"weights there with: {command}")
-    check_run_values(args, FLAGS)
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder: give a file name, such as {out / 'synced.mp4'}")
     check_not_an_input(out, {"video": args.video, "audio": args.audio}, "--out")
-    check_output_name(out, args.codec, "--out")
+    check_output_name(out, values["codec"], "--out")
     try:
         writable_folder(out)
     except PermissionError as error:
@@ -129,13 +120,7 @@ def check_arguments(args) -> None:
     warning = variable_rate_warning(Path(args.video))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-
-
-def check_run_values(args, names: dict[str, str]) -> None:
-    """The run options' ranges and choices; a sentence calls each by ``names`` (its flag, or a jobs-file column)."""
-    for name, param in RUN.items():
-        if name != "disk_cache":
-            param.check(getattr(args, name), names.get(name))
+    return values
 
 
 def variable_rate_warning(video: Path) -> str | None:
@@ -155,23 +140,60 @@ def variable_rate_warning(video: Path) -> str | None:
             f"-r {round(fps)} constant.mp4")
 
 
-def pipeline_options(args):
-    from .pipeline import PipelineOptions
-
-    return PipelineOptions(**{name: getattr(args, name) for name in RUN if name != "disk_cache"},
-                           disk_cache=DISK_CACHE_CHOICES[args.disk_cache])
-
-
-def load_models(args, progress):
-    from .pipeline import LipSyncModels
-
-    return LipSyncModels.load(RESOLUTION_TO_VERSION[args.resolution], args.checkpoints, unet_config=args.unet_config,
-                              device=args.device, precision=args.precision, resolution=int(args.resolution),
-                              progress=progress)
-
-
 def batch_main(argv: list[str]) -> int:
     """``python -m latentsync batch JOBS [run options]``: see latentsync/batch.py."""
+    from . import batch
+
+    parser = _batch_parser()
+    args = parser.parse_args(argv)
+    if args.split and args.ray is None:
+        parser.error("--split cuts a job across Ray workers: add --ray [ADDRESS]")
+    if args.workers is not None and args.ray is None:
+        parser.error("--workers counts Ray workers: add --ray [ADDRESS]")
+    for name in ("checkpoints", "unet_config"):  # workers may run elsewhere: absolute paths
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        defaults = read_choices(args)
+        paths = {"checkpoints": args.checkpoints, "unet_config": args.unet_config, "device": args.device}
+        jobs = [batch.settle(job, defaults, paths) for job in batch.read_jobs(args.jobs)]  # all checked up front
+        if args.ray not in (None, "local"):
+            from .ray_batch import check_ray_address
+
+            check_ray_address(args.ray)
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    progress = TqdmProgress(not args.quiet and args.ray is None)
+
+    def announce(job, position, total):
+        if not args.quiet:
+            print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
+
+    manifest = batch.Manifest(args.manifest or batch.manifest_path(args.jobs))
+    try:
+        with sigterm_as_interrupt(), manifest:
+            if args.ray is None:
+                counts = batch.run_jobs(jobs, manifest, batch.JobRunner(progress), announce)
+            else:
+                from .ray_batch import run_jobs_on_ray
+
+                counts = run_jobs_on_ray(jobs, manifest, None if args.ray == "local" else args.ray, args.workers,
+                                         announce, split=args.split)
+    except KeyboardInterrupt:
+        progress.close()
+        print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # the manifest unusable, Ray missing or its cluster unreachable
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    progress.close()
+    return _batch_summary(manifest, counts)
+
+
+def _batch_parser() -> argparse.ArgumentParser:
     from . import batch
 
     parser = argparse.ArgumentParser(prog="python -m latentsync batch", description=batch.__doc__,
@@ -186,50 +208,11 @@ def batch_main(argv: list[str]) -> int:
     parser.add_argument("--split", action="store_true",
                         help="with --ray: one job at a time, cut into one segment per worker; the joined output "
                              "equals a run on one worker frame for frame (for long videos)")
-    columns = add_run_options(parser)
-    args = parser.parse_args(argv)
-    if args.split and args.ray is None:
-        parser.error("--split cuts a job across Ray workers: add --ray [ADDRESS]")
-    if args.workers is not None and args.ray is None:
-        parser.error("--workers counts Ray workers: add --ray [ADDRESS]")
-    for name in ("checkpoints", "unet_config"):  # workers may run elsewhere: absolute paths
-        if getattr(args, name):
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        check_run_values(args, FLAGS)
-        jobs = batch.read_jobs(args.jobs, set(columns))
-        settings = {job.index: _job_arguments(args, job, columns) for job in jobs}  # every job checked up front
-        if args.ray not in (None, "local"):
-            batch.check_ray_address(args.ray)
-    except (ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    progress = TqdmProgress(not args.quiet and args.ray is None)
+    add_run_options(parser)
+    return parser
 
-    def announce(job, position, total):
-        if not args.quiet:
-            print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
 
-    manifest = batch.Manifest(args.manifest or batch.manifest_path(args.jobs))
-    try:
-        with sigterm_as_interrupt(), manifest:
-            if args.ray is None:
-                runner = batch.JobRunner(load_models, pipeline_options, progress)
-                counts = batch.run_jobs(jobs, settings, manifest, runner, announce)
-            else:
-                counts = batch.run_jobs_on_ray(jobs, settings, manifest, (load_models, pipeline_options),
-                                               None if args.ray == "local" else args.ray, args.workers, announce,
-                                               split=args.split)
-    except KeyboardInterrupt:
-        progress.close()
-        print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
-        return 130
-    except RuntimeError as error:  # the manifest unusable, Ray missing or its cluster unreachable
-        progress.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    progress.close()
+def _batch_summary(manifest, counts: dict) -> int:
     if manifest.unreadable:
         print(f"warning: {manifest.unreadable} line(s) of {manifest.path} are not job records (cut short by a kill, or "
               "edited) and were skipped", file=sys.stderr)
@@ -247,48 +230,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
-
-
-def _job_arguments(defaults, job, columns: dict) -> argparse.Namespace:
-    """The command line's values with the job's own on top, each parsed as its flag parses it; every value
-    checked, one sentence naming the line and the column otherwise."""
-    values = vars(defaults).copy()
-    for column, raw in job.options.items():
-        action = columns[column]
-        where = f"{job.where}, column {column}"
-        values[action.dest] = _cell(action, raw, where)
-    args = argparse.Namespace(**values)
-    names = {action.dest: f"{job.where}, column {column}" for column, action in columns.items()}
-    check_run_values(args, names)
-    check_output_name(job.output, args.codec, f"{job.where}: output")
-    return args
-
-
-def _cell(action: argparse.Action, raw, where: str):
-    """One jobs-file value as its flag reads it: whole numbers also written as 2.0 (spreadsheets, JSON)."""
-    if isinstance(raw, bool):
-        raise ValueError(f"{where}: {str(raw).lower()} is not a value here; give a number or one of its words")
-    text = str(raw).strip()
-    if action.type is int:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-        try:
-            number = float(text)
-        except ValueError:
-            number = None
-        if number is None or not number.is_integer():
-            raise ValueError(f"{where}: {text!r} is not a whole number")
-        return int(number)
-    if action.type is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{where}: {text!r} is not a number") from None
-    if action.choices is not None and text not in action.choices:
-        raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}; got {text!r}")
-    return text
 
 
 @contextlib.contextmanager
@@ -320,20 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     progress = TqdmProgress(not args.quiet)
     try:
         with sigterm_as_interrupt():
-            check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
+            values = check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
             from .pipeline import LipSyncPipeline
-            from .video import video_encoder
 
-            options = pipeline_options(args)
+            options = pipeline_options(values)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            models = load_models(args, progress)
-            result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress,
-                                                          encoder=video_encoder(args.codec))
+            models = model_choice(args, values).load(progress)
+            result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: no output was written and temporary files were removed", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+    except (LatentSyncError, ValueError, OSError, RuntimeError) as error:
         progress.close()
         print(f"error: {error}", file=sys.stderr)
         return 1

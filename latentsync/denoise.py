@@ -20,7 +20,6 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from .models.deepcache import DeepCacheState
-from .options import RUN, check_all
 
 # The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
 VAE_SCALING_FACTOR = 0.18215
@@ -40,8 +39,7 @@ class DenoiseSettings:
     # The published LatentSync's --enable_deepcache is N = 3. 0 or 1 = off (exact).
     deepcache_interval: int = 0
 
-    def __post_init__(self):
-        check_all(RUN, {"steps": self.steps, "guidance_scale": self.guidance_scale})  # the ranges users are told
+    def __post_init__(self):  # the user's values come checked (PipelineOptions); these are the engine's own
         if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
             raise ValueError("chunk_size, chunks_per_call and vae_batch must be positive")
         if self.deepcache_interval < 0:
@@ -210,7 +208,3 @@ class LipSyncDenoiser:
         batch = self.settings.vae_batch
         return torch.cat([self.vae.decode(latents[i:i + batch]).sample for i in range(0, latents.shape[0], batch)])
 
-
-def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> 0..255 uint8, rounding down like the reference's ``(x / 2 + 0.5).clamp(0, 1) * 255``."""
-    return ((pixels / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)

@@ -65,6 +65,36 @@ class ArraySource:
         return to_uint8(self.frames[list(indices)], out)
 
 
+def open_source(video, fps: float | None = None) -> FrameSource:
+    """A video path, a FrameSource, or (N, H, W, 3) frames at ``fps`` as a FrameSource."""
+    if isinstance(video, (str, Path)):
+        return VideoFileSource(video)
+    if hasattr(video, "batches"):
+        return video
+    if fps is None or fps <= 0:
+        raise ValueError("frames given without a frame rate: pass fps (e.g. 25)")
+    return ArraySource(video, fps)
+
+
+def frames_between(source: FrameSource, start: int, stop: int, size: int,
+                   allocate: Allocate | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index of its first frame, batch) of at most ``size`` frames from ``start`` up to ``stop`` (or the source's
+    end, whichever comes first). Closing this iterator closes the decoder."""
+    batches = source.batches(size, allocate, *([start] if start else []))
+    position = start
+    try:
+        for batch in batches:
+            if position >= stop:
+                return
+            batch = batch[:stop - position]
+            yield position, batch
+            position += len(batch)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def to_uint8(frames, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 frames as they are; float frames in [0, 1] rounded to 0..255 (torch or numpy input); written into
     ``out`` (same shape) when given."""

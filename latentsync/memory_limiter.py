@@ -11,6 +11,7 @@ import psutil
 import torch
 
 from .options import MEMORY_MODES, OPTIMIZATION_LEVELS, RUN, check_all  # noqa: F401 (re-exported)
+from .errors import OutOfMemory  # noqa: F401 (raised here; defined with the others)
 
 log = logging.getLogger("latentsync.memory")
 
@@ -31,6 +32,15 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class Batches:
+    """The batch sizes that decide float sums and face-crop regions: a segment of a split run uses its whole run's."""
+
+    chunks_per_call: int  # 16-frame chunks per UNet call
+    vae_batch: int
+    face_batch: int  # frames decoded, detected and aligned together
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     profile: str
     device: str
@@ -41,6 +51,14 @@ class MemoryPlan:
     vram_fraction: float  # 0 = no cap
     disk_cache: bool  # keep revisited frames in a disk cache instead of RAM
     reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def batches(self) -> Batches:
+        return Batches(self.chunks_per_call, self.vae_batch, self.face_batch)
+
+    def with_batches(self, batches: Batches) -> "MemoryPlan":
+        return replace(self, chunks_per_call=batches.chunks_per_call, vae_batch=batches.vae_batch,
+                       face_batch=batches.face_batch)
 
 
 def detect_hardware(device: str | None = None) -> Hardware:
@@ -131,11 +149,6 @@ def log_memory(stage: str) -> dict:
     log.info("memory at %s: %s", stage, ", ".join(f"{k}={v:.2f}" for k, v in stats.items() if k != "stage"))
     return stats
 
-
-class OutOfMemory(RuntimeError):
-    """Even the smallest batch did not fit."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 def is_oom(error: BaseException) -> bool:

@@ -1,39 +1,82 @@
-"""One schema for what a user chooses: defaults, ranges, choices and help text.
+"""One schema for every choice a user makes: its names on each front, type, default, range or words, and help.
 
-The pipeline's ``PipelineOptions`` / ``LoadOptions`` take their defaults and checks from here, and the fronts (the
-command line, the ComfyUI nodes) build their flags and widgets from the same entries, so a default or a range is
-written once.
+Each ``Option`` knows its library field (a ``PipelineOptions`` field or a ``LipSyncModels.load`` argument), its
+ComfyUI input, its command-line flag and its jobs-file column (the flag without dashes). ``PipelineOptions``, the
+command line's flags, the batch's columns and the node's widgets are all made from these entries, so a name, a
+default or a range is written once; ``Option.parse`` is the one converter of typed text (flags, jobs-file cells).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Mapping
+
+from .checkpoints import VERSIONS
 
 ATTENTION_MODES = ("auto", "flash", "xformers", "flex", "standard")
 OPTIMIZATION_LEVELS = ("conservative", "balanced", "aggressive")
 MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save host RAM
 FACE_DETECTORS = ("auto", "insightface", "dlib")
-VERSIONS = ("1.6", "1.5")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+CODECS = ("h264", "ffv1")
 DEEPCACHE_PUBLISHED_INTERVAL = 3  # what the published LatentSync's --enable_deepcache uses
 
 
 @dataclass(frozen=True)
-class Param:
-    label: str  # the name users know (the node's input name): error messages use it
+class Option:
+    field: str  # the library's name
+    node: str | None  # the ComfyUI input users know (None: not on the node); library errors call it this
+    flag: str | None  # the command-line flag (None: not on the command line); its jobs-file column drops the dashes
     default: Any
     help: str
+    kind: type = str  # what a flag or a jobs-file cell is read as: int, float or str
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
     step: float | None = None
+    words: Mapping[str, Any] | None = None  # the words typed for the values, where they differ (--disk-cache on)
+    changes_output: bool = True  # False: speed and memory only (a batch's done job is not redone for it)
+    toggle: tuple | None = None  # the node shows a switch for it: the values (off, on)
+    node_help: str | None = None  # the node's tooltip, where it differs from ``help``
+
+    @property
+    def column(self) -> str | None:
+        return None if self.flag is None else self.flag[2:].replace("-", "_")
+
+    @property
+    def typed_default(self) -> str:
+        """The default as it is typed on the command line."""
+        if self.words is not None:
+            return next(word for word, value in self.words.items() if value == self.default)
+        return str(self.default)
+
+    def parse(self, raw, name: str):
+        """A typed value (a flag's text, a jobs-file cell) as this option's value, checked; one sentence calling it
+        ``name`` (the flag, or the line and column) otherwise. Whole numbers may be written 2.0 (spreadsheets)."""
+        if isinstance(raw, bool):
+            raise ValueError(f"{name}: {str(raw).lower()} is not a value here; give a number or one of its words")
+        text = str(raw).strip()
+        if self.words is not None:
+            if text not in self.words:
+                raise ValueError(f"{name} must be one of {', '.join(self.words)}; got {text!r}")
+            value = self.words[text]
+        elif self.kind is int:
+            value = _whole_number(text, name)
+        elif self.kind is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{name}: {text!r} is not a number") from None
+        else:
+            value = text
+        self.check(value, name)
+        return value
 
     def check(self, value, name: str | None = None) -> None:
-        """Raise ValueError with one sentence when ``value`` is outside this parameter's choices or range; the
-        sentence calls it ``name`` (the flag or column the user typed), by default its label."""
-        name = name or self.label
+        """Raise ValueError with one sentence when ``value`` is outside this option's choices or range; the
+        sentence calls it ``name`` (the flag or column the user typed), by default its node name."""
+        name = name or self.node or self.field
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
         if self.min is None:
@@ -43,59 +86,118 @@ class Param:
         if value < self.min or value > self.max:
             raise ValueError(f"{name} must be between {self.min} and {self.max}, got {value}")
 
-
-# Run parameters: chosen per video, never a reason to reload weights.
-RUN = {
-    "seed": Param("seed", 1247, "The starting noise: the same seed gives the same result.",
-                  min=0, max=2 ** 64 - 1),
-    "guidance_scale": Param("lips_expression", 1.5, "Classifier-free guidance scale: higher = stronger mouth "
-                            "movement.", min=1.0, max=3.0, step=0.1),
-    "steps": Param("inference_steps", 20, "Denoising (DDIM) steps. 20 is the published setting; fewer is faster "
-                   "and blurrier and changes the output.", min=1, max=999),
-    "attention": Param("attention_mode", "auto", "Attention kernel. All give the same result within float "
-                       "tolerance; auto picks the fastest fused kernel that works here.", choices=ATTENTION_MODES),
-    "lip_focus": Param("lip_focus", 1.0, "Above 1 weights the mouth region in spatial attention (flex kernel). "
-                       "Opt-in: changes the output.", min=1.0, max=4.0, step=0.1),
-    "deepcache_interval": Param("deepcache", 0, "DeepCache: the full UNet every N steps, the steps between reuse "
-                                "its deep features (3 as published). Faster; opt-in: changes the output. 0 = off.",
-                                min=0, max=10),
-    "optimization_level": Param("optimization_level", "balanced", "How much GPU memory to spend on speed "
-                                "(chunks per UNet call, VAE batch); conservative plans for about 8 GB.",
-                                choices=OPTIMIZATION_LEVELS),
-    "memory_mode": Param("memory_mode", "balanced", "How hard to save host RAM when the audio outlasts the video: "
-                         "aggressive always keeps revisited frames in a disk cache, conservative keeps them in RAM "
-                         "when they fit.", choices=MEMORY_MODES),
-    "vram_fraction": Param("vram_fraction", 0.0, "Share of the GPU's memory to plan batches for (0 = auto). On the "
-                           "command line also a hard cap for the run, lifted afterwards.", min=0.0, max=0.95,
-                           step=0.05),
-    "disk_cache": Param("enable_disk_cache", None, "Keep revisited frames in a disk cache (True), in RAM (False), "
-                        "or let the memory plan decide (None).", choices=(None, True, False)),
-    "face": Param("face", 0, "Which face to sync when there are several: 0 = the largest in each frame (the "
-                  "published rule; it can jump between two people of the same size), N = the N-th face from the "
-                  "left where it first appears, followed through the clip (frames without it pass through).",
-                  min=0, max=16),
-    "detector": Param("face_detector", "auto", "insightface (buffalo_l: the published geometry), dlib (offline; "
-                      "close, not identical), or auto (insightface when its models are present, else dlib).",
-                      choices=FACE_DETECTORS),
-}
-
-# Output parameters: how the video file is written (the command line; ComfyUI's Save Video node does its own).
-OUTPUT = {
-    "codec": Param("codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska (.mkv): "
-                   "large files whose frames decode to exactly what the pipeline made (masters, comparisons).",
-                   choices=("h264", "ffv1")),
-}
-
-# Load parameters: what a set of weights is loaded as.
-LOAD = {
-    "version": Param("version", "1.6", "LatentSync 1.6 (512 px faces) or 1.5 (256 px).", choices=VERSIONS),
-    "precision": Param("precision", "auto", "auto = fp16 on the GPUs the published pipeline runs in fp16, "
-                       "float32 elsewhere.", choices=PRECISIONS),
-}
+    def from_node(self, value):
+        """The library's value of the node's widget value."""
+        return self.toggle[bool(value)] if self.toggle is not None else self.kind(value) if self.kind else value
 
 
-def check_all(schema: dict[str, Param], values: dict[str, Any]) -> None:
+def _whole_number(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer():
+        raise ValueError(f"{name}: {text!r} is not a whole number")
+    return int(number)
+
+
+def _schema(*options: Option) -> dict[str, Option]:
+    return {option.field: option for option in options}
+
+
+# Run options: chosen per video, never a reason to reload weights; the fields of PipelineOptions, in the node's order.
+RUN = _schema(
+    Option("seed", "seed", "--seed", 1247, "The starting noise: the same seed gives the same result.", int,
+           min=0, max=2 ** 64 - 1),
+    Option("guidance_scale", "lips_expression", "--guidance", 1.5, "Classifier-free guidance scale: higher = "
+           "stronger mouth movement.", float, min=1.0, max=3.0, step=0.1),
+    Option("steps", "inference_steps", "--steps", 20, "Denoising (DDIM) steps. 20 is the published setting; fewer "
+           "is faster and blurrier and changes the output.", int, min=1, max=999),
+    Option("attention", "attention_mode", "--attention", "auto", "Attention kernel. All give the same result within "
+           "float tolerance; auto picks by rule the fastest fused kernel that works here.", choices=ATTENTION_MODES,
+           changes_output=False),
+    Option("optimization_level", "optimization_level", "--optimization-level", "balanced", "How much GPU memory to "
+           "spend on speed (chunks per UNet call, VAE batch); conservative plans for about 8 GB.",
+           choices=OPTIMIZATION_LEVELS, changes_output=False),
+    Option("vram_fraction", "vram_fraction", "--vram-fraction", 0.0, "Share of the GPU's memory to plan batches for "
+           "(0 = auto). On the command line also a hard cap for the run, lifted afterwards.", float, min=0.0,
+           max=0.95, step=0.05, changes_output=False,
+           node_help="Share of the GPU's memory to plan batches for (0 = auto). Inside ComfyUI no hard cap is set: "
+                     "its model management owns the GPU's memory."),
+    Option("memory_mode", "memory_mode", "--memory-mode", "balanced", "How hard to save host RAM when the audio "
+           "outlasts the video: aggressive always keeps revisited frames in a disk cache, conservative keeps them in "
+           "RAM when they fit.", choices=MEMORY_MODES, changes_output=False),
+    Option("disk_cache", "enable_disk_cache", "--disk-cache", None, "Keep revisited frames in a disk cache (on), in "
+           "RAM (off), or let the memory plan decide (auto).", choices=(None, True, False),
+           words={"auto": None, "on": True, "off": False}, changes_output=False, toggle=(None, True),
+           node_help="On: revisited frames (audio longer than the video) always go to a disk cache. Off: the memory "
+                     "plan decides, following memory_mode."),
+    Option("face", "face", "--face", 0, "Which face to sync when there are several: 0 = the largest in each frame "
+           "(the published rule; it can jump between two people of the same size), N = the N-th face from the left "
+           "where it first appears, followed through the clip (frames without it pass through).", int, min=0,
+           max=16),
+    Option("detector", "face_detector", "--detector", "auto", "insightface (buffalo_l: the published geometry), dlib "
+           "(offline; close, not identical), or auto (insightface when its models are present, else dlib).",
+           choices=FACE_DETECTORS),
+    Option("lip_focus", "lip_focus", "--lip-focus", 1.0, "Above 1 weights the mouth region in spatial attention "
+           "(flex kernel). Opt-in: changes the output.", float, min=1.0, max=4.0, step=0.1),
+    Option("deepcache_interval", "deepcache", "--deepcache", 0, "DeepCache: the full UNet every N steps, the steps "
+           "between reuse its deep features (3 as published). Faster; opt-in: changes the output. 0 = off.", int,
+           min=0, max=10, toggle=(0, DEEPCACHE_PUBLISHED_INTERVAL),
+           node_help=f"DeepCache: the full UNet every {DEEPCACHE_PUBLISHED_INTERVAL} steps (as published), the steps "
+                     "between reuse its deep features. Faster; opt-in: changes the output."),
+    # how the video file is written (ComfyUI's Save Video node does its own)
+    Option("codec", None, "--codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska "
+           "(.mkv): large files whose frames decode to exactly what the pipeline made (masters, comparisons).",
+           choices=CODECS),
+)
+
+# Load options: what a set of weights is loaded as (LipSyncModels.load's arguments).
+LOAD = _schema(
+    Option("version", "version", "--resolution", "1.6", "Face size in pixels, and with it the version: 512 = "
+           "LatentSync 1.6, 256 = LatentSync 1.5.", choices=tuple(VERSIONS),
+           words={str(v.resolution): name for name, v in VERSIONS.items()}),
+    Option("precision", "precision", "--precision", "auto", "auto = fp16 on the GPUs the published pipeline runs in "
+           "fp16, float32 elsewhere.", choices=PRECISIONS),
+)
+
+
+def check_all(schema: dict[str, Option], values: Mapping[str, Any]) -> None:
     """Check every value that has an entry in ``schema``."""
-    for name, param in schema.items():
+    for name, option in schema.items():
         if name in values:
-            param.check(values[name])
+            option.check(values[name])
+
+
+def _check_fields(self) -> None:
+    check_all(RUN, vars(self))
+
+
+def _from_node(cls, inputs: Mapping[str, Any], **library_only):
+    """The options of a node's input values (by their node names; the ones it does not show keep their default)."""
+    return cls(**{option.field: option.from_node(inputs[option.node]) for option in RUN.values()
+                  if option.node is not None and option.node in inputs}, **library_only)
+
+
+PipelineOptions = make_dataclass(
+    "PipelineOptions",
+    [(option.field, Any, field(default=option.default)) for option in RUN.values()] + [
+        # False inside a host that owns VRAM policy (ComfyUI): vram_fraction then only sizes the batches
+        ("hard_vram_cap", bool, field(default=True)),
+        # where disk caches go (a private folder inside it); default: the system's temp folder
+        ("cache_dir", Any, field(default=None)),
+    ],
+    namespace={"__post_init__": _check_fields, "from_node": classmethod(_from_node),
+               "__doc__": "Per-run choices: one field per entry of ``RUN`` (defaults, ranges and help there), plus "
+                          "hard_vram_cap and cache_dir for hosts; none of them reloads weights."},
+)
+PipelineOptions.__module__ = __name__  # pickled by name (Ray workers)
+
+
+def output_fields() -> tuple[str, ...]:
+    """The fields whose values decide an output's pixels and file (with the weights themselves)."""
+    return tuple(option.field for option in (*LOAD.values(), *RUN.values()) if option.changes_output)

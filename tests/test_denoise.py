@@ -7,9 +7,15 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser, pixels_to_uint8
+from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser
 from latentsync.mask import load_mouth_mask
 from latentsync.models.loading import load_unet
+from latentsync.options import PipelineOptions
+
+
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> 0..255 uint8, rounding down like the reference's ``(x / 2 + 0.5).clamp(0, 1) * 255``."""
+    return ((pixels / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +92,13 @@ def test_mouth_mask_matches_reference_resize(reference_dir):
     torch.testing.assert_close(torch.from_numpy(load_mouth_mask(64).copy()), tensors["mask"], rtol=0, atol=1e-6)
 
 
-def test_settings_reject_out_of_range():
+def test_options_reject_out_of_range():
+    """The user's values are checked once, where they enter (PipelineOptions); the denoiser takes them checked."""
     with pytest.raises(ValueError, match="inference_steps"):
-        DenoiseSettings(steps=0)
+        PipelineOptions(steps=0)
     with pytest.raises(ValueError, match="lips_expression must be between 1.0 and 3.0"):
-        DenoiseSettings(guidance_scale=0.5)
+        PipelineOptions(guidance_scale=0.5)
     with pytest.raises(ValueError, match="lips_expression must be between 1.0 and 3.0"):  # the documented range
-        DenoiseSettings(guidance_scale=5.0)
+        PipelineOptions(guidance_scale=5.0)
     with pytest.raises(ValueError, match="lips_expression must be a number"):
-        DenoiseSettings(guidance_scale=float("nan"))
+        PipelineOptions(guidance_scale=float("nan"))

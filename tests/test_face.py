@@ -14,7 +14,7 @@ import torch
 
 from latentsync.face import (AlignedBatch, FaceStage, NoFaceError, available_detectors, create_detector,
                              no_face_error)
-from latentsync.face import cv2_recipe
+import cv2_recipe
 from latentsync.face.detectors import LargestFace, usable_faces
 from latentsync.face.geometry import CropGeometry, lanczos4_table, resize_lanczos4_u8, transform_points
 

@@ -5,7 +5,6 @@ loads on these paths, so no subprocess is needed to keep the test honest)."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import json
@@ -141,10 +140,7 @@ def test_jobs_file_as_spreadsheets_write_it(tmp_path, encode):
     [job] = batch.read_jobs(path, {"steps"})
     assert (job.video.name, job.audio.name, job.output.name) == ("a.mp4", "a.wav", "o.mp4")
     assert job.where == "jobs.csv line 2"
-    from latentsync.cli import _cell, add_run_options
-
-    steps = add_run_options(argparse.ArgumentParser())["steps"]
-    assert _cell(steps, job.options["steps"], job.where) == 2
+    assert batch.COLUMNS["steps"].parse(job.cells["steps"], job.where) == 2
 
 
 def test_jobs_file_that_is_not_text(tmp_path, capsys):

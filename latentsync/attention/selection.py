@@ -29,6 +29,7 @@ import torch
 from .backends import (FlexAttention, SDPAAttention, XFormersAttention, flex_compile_unavailable_reason,
                        flex_unavailable_reason, xformers_unavailable_reason)
 from .core import AttentionBackend, StandardAttention, relative_error
+from ..errors import BackendUnavailableError  # noqa: F401 (raised here; defined with the others)
 
 logger = logging.getLogger("latentsync.attention")
 
@@ -42,11 +43,6 @@ TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 1e-2, torc
 # a later backend in AUTO_ORDER must be this much faster to displace an earlier one (timing noise)
 AUTO_MARGIN = 0.9
 
-
-class BackendUnavailableError(RuntimeError):
-    """The requested attention backend cannot run here; the message says why and what can."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 _disabled_override: set[str] = set()

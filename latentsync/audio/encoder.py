@@ -28,17 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import WhisperCheckpointError  # noqa: F401 (raised here; defined with the others)
 from .loading import SAMPLE_RATE
 
 HOP_LENGTH = 160
 N_FFT = 400
 _MEL_BLOCK_FRAMES = 30000  # 5 minutes of mel frames per STFT block
 
-
-class WhisperCheckpointError(ValueError):
-    """A Whisper checkpoint that cannot be used (unreadable, wrong format, wrong tensors)."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 def _whisper():
@@ -74,31 +70,6 @@ def save_whisper_checkpoint(path: str | Path, dims, state_dict: Mapping[str, tor
         Path(temp).unlink(missing_ok=True)
         raise
     return path
-
-
-def make_tiny_whisper_checkpoint(path: str | Path, seed: int = 0, *, n_audio_state: int = 64,
-                                 n_audio_layer: int = 2, n_audio_head: int | None = None, n_mels: int = 80,
-                                 n_text_layer: int = 1, n_vocab: int = 51865) -> Path:
-    """Write a small, randomly initialised, complete openai-whisper checkpoint (encoder and decoder).
-
-    Seeded and independent of the global RNG state. ``n_audio_head`` defaults to 4 (or the largest of 2, 1
-    that divides ``n_audio_state``).
-    """
-    whisper = _whisper()
-    if n_audio_state % 2:
-        raise ValueError(f"n_audio_state must be even (sinusoidal positions), got {n_audio_state}")
-    if n_audio_head is None:
-        n_audio_head = next(h for h in (4, 2, 1) if n_audio_state % h == 0)
-    dims = whisper.model.ModelDimensions(
-        n_mels=n_mels, n_audio_ctx=1500, n_audio_state=n_audio_state, n_audio_head=n_audio_head,
-        n_audio_layer=n_audio_layer, n_vocab=n_vocab, n_text_ctx=448, n_text_state=n_audio_state,
-        n_text_head=n_audio_head, n_text_layer=n_text_layer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = whisper.model.Whisper(dims)
-        with torch.no_grad():  # the decoder's positional embedding is created uninitialised
-            model.decoder.positional_embedding.normal_(0.0, 0.01)
-    return save_whisper_checkpoint(path, dims, model.state_dict())
 
 
 def _read_checkpoint(path: Path):
@@ -302,4 +273,4 @@ def _reflect_slice(samples: torch.Tensor, begin: int, end: int) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-__all__ = ["WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint", "make_tiny_whisper_checkpoint"]
+__all__ = ["WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint"]

@@ -20,14 +20,10 @@ import torch.nn.functional as F
 from .detectors import FaceDetector, FaceTracker, LargestFace
 from .geometry import (FILL_VALUE, CropGeometry, fp16_round, invert_affine, min_filter, resize_lanczos4_u8,
                        similarity_from_points, smooth_translation, transform_points)
+from ..errors import NoFaceError  # noqa: F401 (raised here; defined with the others)
 
 log = logging.getLogger("latentsync.face")
 
-
-class NoFaceError(RuntimeError):
-    """No usable face anywhere in the input."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
 
 def no_face_error(num_frames: int, source: str = "the video") -> NoFaceError:

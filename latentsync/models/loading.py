@@ -15,27 +15,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..errors import CheckpointCorruptError, CheckpointError  # noqa: F401 (raised here; defined with the others)
 from .unet import UNet3DConditionModel
 
 SHOWN = 5  # keys listed per category in a mismatch message
 
 
-class CheckpointError(ValueError):
-    """A UNet checkpoint that cannot be used."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
-
-
-class CheckpointCorruptError(CheckpointError):
-    """The file is not a readable checkpoint."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
-
-
 class CheckpointMismatchError(CheckpointError):
     """The file is readable but its tensors do not fit the configured model."""
-
-    __module__ = "latentsync"  # its name in error reports (ComfyUI names the pack by its disk path)
 
     def __init__(self, path, missing: list[str], unexpected: list[str], mis_shaped: list[str]):
         self.missing, self.unexpected, self.mis_shaped = missing, unexpected, mis_shaped

@@ -50,6 +50,34 @@ TINY_VAE = {
 }
 
 
+def make_tiny_whisper_checkpoint(path: str | Path, seed: int = 0, *, n_audio_state: int = 64,
+                                 n_audio_layer: int = 2, n_audio_head: int | None = None, n_mels: int = 80,
+                                 n_text_layer: int = 1, n_vocab: int = 51865) -> Path:
+    """Write a small, randomly initialised, complete openai-whisper checkpoint (encoder and decoder).
+
+    Seeded and independent of the global RNG state. ``n_audio_head`` defaults to 4 (or the largest of 2, 1
+    that divides ``n_audio_state``).
+    """
+    import whisper
+
+    from ..audio import save_whisper_checkpoint
+
+    if n_audio_state % 2:
+        raise ValueError(f"n_audio_state must be even (sinusoidal positions), got {n_audio_state}")
+    if n_audio_head is None:
+        n_audio_head = next(h for h in (4, 2, 1) if n_audio_state % h == 0)
+    dims = whisper.model.ModelDimensions(
+        n_mels=n_mels, n_audio_ctx=1500, n_audio_state=n_audio_state, n_audio_head=n_audio_head,
+        n_audio_layer=n_audio_layer, n_vocab=n_vocab, n_text_ctx=448, n_text_state=n_audio_state,
+        n_text_head=n_audio_head, n_text_layer=n_text_layer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = whisper.model.Whisper(dims)
+        with torch.no_grad():  # the decoder's positional embedding is created uninitialised
+            model.decoder.positional_embedding.normal_(0.0, 0.01)
+    return save_whisper_checkpoint(path, dims, model.state_dict())
+
+
 def write_tiny_unet(folder: Path, seed: int, resolution: int = TINY_RESOLUTION) -> Path:
     from ..models.unet import UNet3DConditionModel
 
@@ -76,7 +104,6 @@ def write_tiny_vae(folder: Path, seed: int) -> None:
 
 def make_tiny_checkpoints(folder: str | Path, seed: int = 0, resolution: int = TINY_RESOLUTION) -> Path:
     """Write the tiny set into ``folder``; returns the path of the tiny UNet yaml (faces at ``resolution`` px)."""
-    from ..audio import make_tiny_whisper_checkpoint
 
     folder = Path(folder)
     (folder / "whisper").mkdir(parents=True, exist_ok=True)

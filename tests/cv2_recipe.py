@@ -1,6 +1,6 @@
 """The same align / restore recipe, one frame at a time with OpenCV on the CPU.
 
-Not used by the pipeline: it is the naive baseline of bench/bench_face.py and the cross-check of the tests.
+Not used by the library: the cross-check of tests/test_face.py and the naive baseline of bench/bench_face.py.
 Differences from the batched stage are the usual ones between OpenCV and torch kernels: cv2.warpAffine
 quantises sample positions to 1/32 px, and cv2 INTER_CUBIC has no antialiasing (torchvision's resize, used by
 the reference for the way back, has).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .geometry import FILL_VALUE, CropGeometry
+from latentsync.face.geometry import FILL_VALUE, CropGeometry
 
 
 def align_one(frame: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndarray:

@@ -1,0 +1,90 @@
+"""Stage 2: the synced faces of each group, by VAE + UNet denoising (``LipSyncDenoiser``), in video order."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import torch
+
+from ..checkpoints import SCHEDULER_CONFIG
+from ..denoise import Chunk, DenoiseSettings, LipSyncDenoiser
+from ..mask import load_mouth_mask
+from .control import Group, RunBatches, RunControl, retry_smaller
+from .plan import RunPlan
+
+
+class Synthesis:
+    """One denoiser for the run: its random generator is seeded once and advanced in video order, so the output
+    does not depend on batching, threading or out-of-memory retries."""
+
+    def __init__(self, models, options, plan: RunPlan, features: torch.Tensor, batches: RunBatches,
+                 control: RunControl):
+        self.models, self.plan, self.features = models, plan, features
+        self.batches, self.control = batches, control
+        memory = plan.memory
+        settings = DenoiseSettings(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed,
+                                   chunk_size=models.chunk_size, chunks_per_call=memory.chunks_per_call,
+                                   vae_batch=memory.vae_batch, deepcache_interval=options.deepcache_interval)
+        mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
+        self.denoiser = LipSyncDenoiser(models.unet, models.vae, json.loads(SCHEDULER_CONFIG.read_text()), mask,
+                                        settings, models.device, models.dtype)
+
+    def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
+        from ..audio import frame_windows
+
+        plan, times = self.plan, self.control.times
+        self.denoiser.start()
+        self.denoiser.skip(plan.first)  # a segment's noise: the draws a whole run makes before its first frame
+        device = torch.device(self.models.device)
+        sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else None
+        for group in groups:
+            count = len(group.frames)
+            window = frame_windows(self.features, float(plan.fps), start=group.start, stop=group.start + count)
+            with times.measure("denoise", sync):
+                group.synced = self._synced(group, window)
+            self.control.report("lip-sync", group.start + count - plan.first, plan.stop - plan.first)
+            yield group
+
+    def _synced(self, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
+        """Synced faces for a group, or None when no frame of it has a face. Out of memory: smaller batches, the
+        generator rewound to the group's start, the group redone (the same draws: the same result)."""
+        denoiser, has_face = self.denoiser, group.aligned.has_face
+        if not bool(has_face.any()):
+            denoiser.skip(len(group.frames))
+            return None
+        face_pixels = fill_missing_faces(group.aligned.faces, has_face)
+        size, count = denoiser.settings.chunk_size, len(group.frames)
+        chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, count, size)]
+        done_before, total = group.start - self.plan.first, self.plan.stop - self.plan.first
+
+        def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
+            self.control.check()
+            self.control.report("lip-sync", done_before + count * step / steps, total)
+
+        def attempt() -> torch.Tensor:
+            state = denoiser.generator_state()
+            try:
+                return torch.cat(denoiser.run(chunks, on_step=on_step))
+            except BaseException:
+                denoiser.rewind(state)
+                raise
+
+        def smaller(error: BaseException) -> None:
+            plan = self.batches.shrink("denoise", error)
+            denoiser.resize(plan.chunks_per_call, plan.vae_batch)
+
+        return retry_smaller(attempt, smaller)
+
+
+def fill_missing_faces(faces: torch.Tensor, has_face: torch.Tensor) -> torch.Tensor:
+    """Give frames without a face the nearest face of the group, so the chunk stays a coherent clip.
+
+    Their outputs are discarded (those frames pass through unchanged); only their neighbours see them.
+    """
+    if bool(has_face.all()):
+        return faces
+    valid = torch.nonzero(has_face.cpu()).flatten()
+    positions = torch.arange(len(has_face))
+    nearest = valid[(positions[:, None] - valid[None, :]).abs().argmin(dim=1)]
+    return faces[nearest.to(faces.device)]

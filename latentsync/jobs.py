@@ -1,0 +1,172 @@
+"""The jobs file of a batch: CSV (a header row; UTF-8 with or without Excel's byte-order mark, or UTF-16) or JSON
+Lines (one object per line; a .json file may also hold one array of objects), one job per row: ``video``, ``audio``,
+``output`` and any option by its column (``Option.column``: the flag without dashes). ``read_jobs`` checks the whole
+file before any work; ``settle`` gives a job its checked settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import VERSIONS
+from .errors import JobsFileError
+from .model_set import ModelChoice
+from .options import LOAD, RUN, PipelineOptions, output_fields
+from .paths import check_not_an_input, check_output_name
+
+JOB_FIELDS = ("video", "audio", "output")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COLUMNS = {option.column: option for option in (*LOAD.values(), *RUN.values()) if option.column is not None}
+
+
+
+
+@dataclass
+class Job:
+    index: int  # its place among the jobs, from 1 (the manifest's "job")
+    video: Path
+    audio: Path
+    output: Path
+    cells: dict = field(default_factory=dict)  # its own values as written, by column (``Option.column``)
+    where: str = ""  # where it is written, for error sentences: "jobs.csv line 3"
+    models: ModelChoice | None = None  # its checked settings (``settle``): what it loads ...
+    options: PipelineOptions | None = None  # ... and how it runs
+
+    def settings(self) -> dict:
+        """What makes its output (the manifest keeps it: a done job whose settings changed is redone)."""
+        values = {**vars(self.models), **vars(self.options)}
+        kept = {name: values[name] for name in output_fields()}
+        return {**kept, "resolution": str(VERSIONS[self.models.version].resolution),
+                "checkpoints": self.models.checkpoints, "unet_config": self.models.unet_config}
+
+
+def settle(job: Job, defaults: dict, paths: dict) -> Job:
+    """The job with its checked settings: the command line's ``defaults`` (option field -> value) under its own
+    cells, each read as its flag reads it; ``paths``: the checkpoints, unet_config and device of every job."""
+    values = dict(defaults)
+    for column, raw in job.cells.items():
+        option = COLUMNS[column]
+        values[option.field] = option.parse(raw, f"{job.where}, column {column}")
+    job.models = ModelChoice(values["version"], values["precision"], **paths)
+    job.options = PipelineOptions(**{name: values[name] for name in RUN})
+    check_output_name(job.output, job.options.codec, f"{job.where}: output")
+    return job
+
+
+def read_jobs(path: str | Path, option_names: set[str] = frozenset(COLUMNS)) -> list[Job]:
+    """The jobs of a CSV or JSON Lines file; one sentence naming the line (and the column) when a row is unusable,
+    when two jobs write one output, or when a job's output is a job's input."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobsFileError(f"jobs file not found: {path}")
+    text = _decoded(path)
+    rows = _json_rows(path, text) if path.suffix.lower() in JSON_SUFFIXES else _csv_rows(path, text)
+    if not rows:
+        raise JobsFileError(f"{path} has no jobs: give a header row (video,audio,output,...) and one row per job")
+    jobs = []
+    for index, (where, row) in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise JobsFileError(f"{where} is not an object with video, audio and output")
+        row = {str(name).strip(): value for name, value in row.items()}
+        for name, value in row.items():
+            if isinstance(value, (list, dict)):
+                raise JobsFileError(f"{where}, column {name}: a {type(value).__name__} is not a value; give one "
+                                    "number or word")
+        missing = [name for name in JOB_FIELDS if not str(row.get(name) or "").strip()]
+        if missing:
+            raise JobsFileError(f"{where} has no {', '.join(missing)}")
+        unknown = sorted(set(row) - set(JOB_FIELDS) - option_names)
+        if unknown:
+            raise JobsFileError(f"{where} has unknown columns {', '.join(unknown)}: use the command line's option "
+                                f"names ({', '.join(sorted(option_names))})")
+        paths = [(path.parent / str(row[name]).strip()).resolve() for name in JOB_FIELDS]  # workers run elsewhere
+        options = {name: value for name, value in row.items()
+                   if name not in JOB_FIELDS and value is not None and str(value).strip() != ""}
+        jobs.append(Job(index, *paths, cells=options, where=where))
+    _check_outputs(jobs)
+    return jobs
+
+
+def _decoded(path: Path) -> str:
+    """The file's text: UTF-16 by its byte-order mark, else UTF-8 (Excel's mark dropped)."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise JobsFileError(f"{path} is not {encoding.upper().replace('-SIG', '')} text (byte {error.start}): save it "
+                            "as UTF-8 (Excel: CSV UTF-8)") from None
+
+
+def _json_rows(path: Path, text: str) -> list[tuple[str, object]]:
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of objects
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise JobsFileError(f"{path.name} line {error.lineno} is not JSON ({error.msg})") from None
+        return [(f"{path.name} job {number}", item) for number, item in enumerate(items, 1)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"{path.name} line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise JobsFileError(f"{path.name} line {number} is not JSON ({error.msg})") from None
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = None
+    rows = []
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line (or a row of empty cells, as spreadsheets write)
+        if header is None:
+            header = [cell.strip() for cell in cells]
+            named = [name for name in header if name]
+            twice = sorted({name for name in named if named.count(name) > 1})
+            if twice:
+                raise JobsFileError(f"{path.name} line {reader.line_num}: the header names {', '.join(twice)} more "
+                                    "than once; keep one column of each")
+            continue
+        where = f"{path.name} line {reader.line_num}"
+        if len(cells) > len(header) and any(cell.strip() for cell in cells[len(header):]):
+            raise JobsFileError(f"{where} has {len(cells)} cells and the header {len(header)}: quote values that "
+                                "hold a comma")
+        row = {name: cell for name, cell in zip(header, cells) if name}
+        unnamed = [cell for name, cell in zip(header, cells) if not name and cell.strip()]
+        if unnamed:
+            raise JobsFileError(f"{where} has a value under a header cell with no name: name that column")
+        rows.append((where, row))
+    return rows
+
+
+def _check_outputs(jobs: list[Job]) -> None:
+    """No two jobs write one file, and no job writes a file that a job reads (paths are resolved already; files
+    that exist are also compared as inodes: hard links, case-insensitive folders)."""
+    writers: dict = {}
+    for job in jobs:
+        check_not_an_input(job.output, {"video": job.video, "audio": job.audio}, f"{job.where}: output")
+        earlier = writers.setdefault(_file_key(job.output), job)
+        if earlier is not job:
+            raise JobsFileError(f"{earlier.where} and {job.where} both write {job.output}: the second would replace "
+                                "the first; give each job its own output")
+    for reader in jobs:
+        for name in ("video", "audio"):
+            writer = writers.get(_file_key(getattr(reader, name)))
+            if writer is not None:
+                raise JobsFileError(f"{writer.where} writes {writer.output}, which {reader.where} reads as its {name}: "
+                                    "give the output another name")
+
+
+def _file_key(path: Path):
+    try:
+        stat = path.stat()
+    except OSError:  # not there yet: its resolved path names it
+        return path
+    return stat.st_dev, stat.st_ino

@@ -1,0 +1,132 @@
+"""A run cut into segments that other processes (GPUs, machines) make, equal frame for frame to the whole run.
+
+    count = frames_to_track(video, audio)                      # how many source frames the run aligns
+    anchors = detect_faces(models, options, video, a, b)       # parts of them, in parallel (largest-face choice)
+    plan = plan_split(models, options, video, audio, anchors=) # the whole clip's face track and batch sizes
+    for segment in plan.segments(n): ... LipSyncPipeline.run(..., segment=segment) anywhere, then join the files
+
+A segment is made from the whole clip's face track, with the whole run's batch sizes (they decide float sums and
+face-crop regions), its random generator replayed to the segment's start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+
+from .engine.align import FaceAligner
+from .engine.control import Progress, RunBatches, check_cancel, spans
+from .engine.plan import frames_to_track as _frames_to_track
+from .engine.plan import plan_run, speech_frames
+from .face import FaceStage, FaceTrack, no_face_error
+from .frames import frames_between, open_source
+from .memory_limiter import Batches
+
+log = logging.getLogger("latentsync.pipeline")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Output frames [start, stop) of a run, made exactly as the whole run makes them."""
+
+    start: int
+    stop: int
+    track: FaceTrack  # of the source frames the whole run aligns
+    batches: Batches  # of the whole run
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class SplitPlan:
+    num_frames: int  # output frames (the speech's length)
+    fps: Fraction
+    width: int
+    height: int
+    group_frames: int  # segments start at multiples of this (the run's batch of frames)
+    track: FaceTrack
+    batches: Batches
+
+    def segments(self, parts: int) -> list[Segment]:
+        """At most ``parts`` segments of near-equal length, cut at multiples of ``group_frames``."""
+        groups = -(-self.num_frames // self.group_frames)
+        parts = max(1, min(parts, groups))
+        cuts = [round(k * groups / parts) * self.group_frames for k in range(parts)] + [self.num_frames]
+        return [Segment(a, b, self.track, self.batches) for a, b in zip(cuts, cuts[1:])]
+
+
+def frames_to_track(video, audio, fps: float | None = None) -> int:
+    """How many source frames a run aligns (and ``plan_split`` wants anchors for): from the first on, all of them
+    when the speech outlasts the video (ping-pong), else as many as the output has."""
+    source, _, total = speech_frames(video, audio, fps)
+    return _frames_to_track(source.num_frames, total)
+
+
+def detect_faces(models, options, video, start: int, stop: int, *, fps: float | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """Anchors (stop - start, 3, 2) of the largest face in source frames start .. stop - 1 (NaN where none): the
+    detection of the default face choice, which looks at each frame alone, so parts of a clip can be detected in
+    parallel and joined for ``plan_split``. (Following one person, ``face`` = N, is sequential.)"""
+    if options.face:
+        raise ValueError("detect_faces serves the largest-face choice (face = 0): face = N follows one person "
+                         "from frame to frame, so its detection runs in order (plan_split)")
+    faces = FaceStage(models.face_detector(options.detector), models.resolution)
+    parts, position = [], start
+    batches = frames_between(open_source(video, fps), start, stop, models.chunk_size)
+    try:
+        for position, batch in batches:
+            check_cancel(should_cancel)
+            parts.append(faces.locate(batch).anchors)  # its smoothing is not kept: plan_split smooths in order
+            position += len(batch)
+    finally:
+        batches.close()
+    if position < stop:
+        raise ValueError(f"the video has {position} frames, fewer than the {stop} asked for")
+    return np.concatenate(parts)
+
+
+def plan_split(models, options, video, audio, *, fps: float | None = None, progress: Progress | None = None,
+               should_cancel: Callable[[], bool] | None = None, anchors: np.ndarray | None = None) -> SplitPlan:
+    """Detect and smooth the face geometry of the whole clip (no pixels warped, no denoising) and fix the batch
+    sizes, so that the run can be cut into segments made anywhere.
+
+    ``anchors``: the detections of every frame to track, from ``detect_faces`` over parts of the clip; only the
+    smoothing is left to do then, and no frame is decoded."""
+    plan = plan_run(models, options, video, audio, fps)
+    count = plan.frames_to_track
+    detector = models.face_detector(options.detector) if anchors is None else None
+    aligner = FaceAligner(FaceStage(detector, models.resolution, device=models.device, face=options.face),
+                          RunBatches(plan.memory))
+    if anchors is None:
+        track = _detected_track(plan, aligner, count, progress or (lambda *_: None), should_cancel)
+    else:
+        if len(anchors) != count:
+            raise ValueError(f"anchors for {len(anchors)} frames given; the run aligns {count}")
+        rows = [None if np.isnan(points).any() else points for points in anchors]
+        # the run's groups, each located in its face batches: the run's smoothing steps
+        track = FaceTrack.concatenate([aligner.locate(None, rows[a:b]) for a, b in spans(0, count, plan.group_frames)])
+    if not bool(track.has_face.any()):
+        raise no_face_error(count)
+    warning = aligner.close_calls_warning()
+    if warning:
+        log.warning("%s", warning)
+    return SplitPlan(plan.num_frames, plan.fps, plan.width, plan.height, plan.group_frames, track,
+                     plan.memory.batches)
+
+
+def _detected_track(plan, aligner: FaceAligner, count: int, report: Progress, should_cancel) -> FaceTrack:
+    parts = []
+    batches = frames_between(plan.source, 0, count, plan.group_frames)
+    try:
+        for position, batch in batches:
+            check_cancel(should_cancel)
+            parts.append(aligner.locate(batch))
+            report("track faces", position + len(batch), count)
+    finally:
+        batches.close()
+    return FaceTrack.concatenate(parts)
