@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Mapping
 
+from .attention.registry import NAMES as ATTENTION_MODES
 from .checkpoints import VERSIONS
 
-ATTENTION_MODES = ("auto", "flash", "xformers", "flex", "standard")
 OPTIMIZATION_LEVELS = ("conservative", "balanced", "aggressive")
 MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save host RAM
 FACE_DETECTORS = ("auto", "insightface", "dlib")

@@ -1,4 +1,4 @@
-"""Attention backends: agreement with the reference math, lip focus / audio boost, selection and fallbacks."""
+"""Attention backends: agreement with the reference math, lip focus, selection by rule and fallbacks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import math
 import pytest
 import torch
 
-from latentsync.attention import (BACKENDS, ENV_DISABLE, BackendUnavailableError, FlexAttention,
+from latentsync.attention import (BACKENDS, ENV_DISABLE, BackendUnavailableError, FlexAttention, availability,
                                   StandardAttention, backend_report, clear_probe_cache, create_backend,
                                   load_mouth_mask, mouth_mask_tokens, relative_error, set_disabled_backends)
-from latentsync.attention.selection import _availability
 from latentsync.models.loading import load_unet
 
 CPU = torch.device("cpu")
@@ -45,7 +44,7 @@ def _fresh_selection(monkeypatch):
 
 
 def _available_cpu():
-    return [n for n in BACKENDS if _availability(n, CPU, torch.float32)[0]]
+    return [n for n in BACKENDS if availability(n, CPU, torch.float32)[0]]
 
 
 def test_standard_and_flash_always_available_on_cpu():
@@ -56,8 +55,8 @@ def test_standard_and_flash_always_available_on_cpu():
 @pytest.mark.parametrize("name", [n for n in BACKENDS if n != "standard"])
 @pytest.mark.parametrize("role,hw,q_shape,k_shape", CASES)
 def test_backend_matches_standard(name, role, hw, q_shape, k_shape):
-    if not _availability(name, CPU, torch.float32)[0]:
-        pytest.skip(f"{name} unavailable here: {_availability(name, CPU, torch.float32)[1]}")
+    if not availability(name, CPU, torch.float32)[0]:
+        pytest.skip(f"{name} unavailable here: {availability(name, CPU, torch.float32)[1]}")
     backend = create_backend(name, CPU, torch.float32, strict=True)
     assert backend.name == name
     q, k, v = _qkv(q_shape, k_shape)
@@ -69,7 +68,7 @@ def test_backend_matches_standard(name, role, hw, q_shape, k_shape):
 
 def test_flex_neutral_settings_exact_with_mask_given():
     mask = load_mouth_mask()
-    flex = FlexAttention(lip_focus=1.0, audio_boost=1.0, mouth_mask=mask)
+    flex = FlexAttention(lip_focus=1.0, mouth_mask=mask)
     for role, hw, qs, ks in CASES:
         q, k, v = _qkv(qs, ks, seed=3)
         assert relative_error(flex(q, k, v, role=role, hw=hw), StandardAttention()(q, k, v, role=role, hw=hw)) < 1e-5
@@ -134,46 +133,32 @@ def test_flex_lip_focus_default_mask_and_square_inference():
         flex(q, k, v, role="spatial_self", hw=(4, 8))
 
 
-@pytest.mark.parametrize("boost", [2.0, 0.5])
-def test_flex_audio_boost_is_inverse_temperature(boost):
-    flex = create_backend("flex", CPU, torch.float32, audio_boost=boost, strict=True)
-    q, k, v = _qkv((2, 4, 60, 40), (2, 4, 50, 40), seed=11)
-    got = flex(q, k, v, role="audio_cross", hw=(6, 10))
-    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(40) * boost
-    expected = scores.softmax(-1) @ v.double()
-    assert relative_error(got, expected) < 1e-5
-    # first-key indicator -> probability on key 0, checked against the boosted softmax
-    ind = torch.zeros(2, 4, 50, 1)
-    ind[:, :, 0] = 1
-    p0 = flex(q, k, ind, role="audio_cross", hw=(6, 10))[..., 0]
-    assert torch.allclose(p0.double(), scores.softmax(-1)[..., 0], rtol=1e-4, atol=1e-6)
-    # spatial and temporal roles are untouched by audio_boost
-    q2, k2, v2 = _qkv((2, 4, 60, 40), (2, 4, 60, 40), seed=12)
-    assert relative_error(flex(q2, k2, v2, role="spatial_self", hw=(6, 10)),
-                          StandardAttention()(q2, k2, v2, role="spatial_self")) < 1e-5
-
-
 def test_invalid_parameters():
     with pytest.raises(ValueError):
         create_backend("nope")
     with pytest.raises(ValueError):
         FlexAttention(lip_focus=0.0)
     with pytest.raises(ValueError):
-        FlexAttention(audio_boost=float("nan"))
+        FlexAttention(lip_focus=float("nan"))
     with pytest.raises(TypeError):
         FlexAttention(lip_focus=2.0, mouth_mask=torch.zeros(4, 4))  # not bool
     with pytest.raises(ValueError, match="flex"):
         create_backend("flash", CPU, torch.float32, lip_focus=2.0)
 
 
-def test_auto_falls_back_with_logged_reasons_when_disabled(monkeypatch, caplog):
+def test_auto_chooses_by_rule_and_logs_why_others_cannot_run(monkeypatch, caplog):
+    """auto: the first backend of the registry's order that runs here (nothing timed), every other one's reason
+    logged; SDPA (flash) leads the order."""
+    with caplog.at_level(logging.INFO, logger="latentsync.attention"):
+        assert create_backend("auto", CPU, torch.float32).name == "flash"
+    assert "auto -> flash" in caplog.text
     monkeypatch.setenv(ENV_DISABLE, "flex,xformers")
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="latentsync.attention"):
         backend = create_backend("auto", CPU, torch.float32)
     assert backend.name == "flash"
     text = caplog.text
     assert "flex unavailable: disabled by LATENTSYNC_DISABLE_ATTENTION" in text
-    assert "falling back to flash" in text
     assert "xformers unavailable" in text
     assert "auto -> flash" in text
 
@@ -188,8 +173,8 @@ def test_auto_with_lip_focus_needs_flex(monkeypatch):
     set_disabled_backends(["flex"])
     with pytest.raises(BackendUnavailableError, match="flex.*disabled"):
         create_backend("auto", CPU, torch.float32, lip_focus=2.0)
-    with pytest.raises(BackendUnavailableError, match="audio_boost"):
-        create_backend("flex", CPU, torch.float32, audio_boost=1.5)
+    with pytest.raises(BackendUnavailableError, match="flex.*disabled"):  # never a silent fallback without the effect
+        create_backend("flex", CPU, torch.float32, lip_focus=2.0)
 
 
 def test_explicit_unavailable_backend_warns_and_falls_back(monkeypatch, caplog):
@@ -230,15 +215,15 @@ def test_backend_report_rows():
 
 def test_probe_cache_can_be_cleared():
     clear_probe_cache()
-    assert _availability("flash", CPU, torch.float32)[0]
+    assert availability("flash", CPU, torch.float32)[0]
 
 
 # ------------------------------------------------------------------------------------------ UNet golden
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_unet_tiny_golden_per_backend(name, tiny_unet):
-    if not _availability(name, CPU, torch.float32)[0]:
-        pytest.skip(f"{name} unavailable here: {_availability(name, CPU, torch.float32)[1]}")
+    if not availability(name, CPU, torch.float32)[0]:
+        pytest.skip(f"{name} unavailable here: {availability(name, CPU, torch.float32)[1]}")
     unet, ref = tiny_unet
     unet.set_attention_backend(create_backend(name, CPU, torch.float32, strict=True))
     sample, audio = ref["sample"], ref["audio"]
@@ -273,8 +258,8 @@ def test_flex_compiled_on_cpu():
     settings = {name: getattr(dynamo_config, name) for name in ("recompile_limit", "accumulated_recompile_limit")}
     mask = torch.zeros(16, 16, dtype=torch.bool)
     mask[8:, 4:12] = True
-    flex = FlexAttention(lip_focus=2.0, audio_boost=1.5, mouth_mask=mask, compile=True)
-    eager = FlexAttention(lip_focus=2.0, audio_boost=1.5, mouth_mask=mask, compile=False)
+    flex = FlexAttention(lip_focus=2.0, mouth_mask=mask, compile=True)
+    eager = FlexAttention(lip_focus=2.0, mouth_mask=mask, compile=False)
     for role, hw, qs, ks in CASES[:3]:
         q, k, v = _qkv(qs, ks, seed=21)
         assert relative_error(flex(q, k, v, role=role, hw=hw), eager(q, k, v, role=role, hw=hw)) < 1e-5

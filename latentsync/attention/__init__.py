@@ -9,20 +9,34 @@ with ``q, k, v`` shaped ``(batch, heads, tokens, head_dim)`` and ``role`` one of
 spatial size of the token grid for spatial roles (``None`` for temporal). The backend is chosen per model at
 load time (``UNet3DConditionModel.set_attention_backend``); the default is ``standard``.
 
-Backends: ``standard`` (explicit softmax), ``flash`` (torch SDPA), ``xformers``, ``flex`` (flex_attention,
-with ``lip_focus`` / ``audio_boost``). Pick one with ``create_backend(name, device, dtype, ...)``; ``auto``
-probes what runs here. ``backend_report(device, dtype)`` lists them all with reasons, errors and timings.
+    registry.py   the one table of backends (names, kernels, fallbacks, lip_focus support); torch-free
+    core.py       the interface and the reference ``standard`` kernel
+    backends.py   ``flash`` (torch SDPA), ``xformers``, ``flex`` (with ``lip_focus``)
+    selection.py  ``create_backend(name, device, dtype, ...)`` (``auto`` by rule), ``backend_report``
+
 Logger: ``latentsync.attention``. Disable backends with ``LATENTSYNC_DISABLE_ATTENTION="flex,xformers"``.
+Importing this package is cheap: the kernels (and torch) load on first use.
 """
 
-from .backends import (DEFAULT_MASK_PATH, FlexAttention, SDPAAttention, XFormersAttention, load_mouth_mask,
-                       mouth_mask_tokens)
-from .core import ROLES, AttentionBackend, StandardAttention, default_backend, relative_error
-from .selection import (BACKENDS, ENV_DISABLE, NAMES, BackendUnavailableError, backend_report,
-                        clear_probe_cache, create_backend, disabled_backends, set_disabled_backends)
+from __future__ import annotations
 
-__all__ = ["ROLES", "AttentionBackend", "StandardAttention", "default_backend", "relative_error",
-           "SDPAAttention", "XFormersAttention", "FlexAttention", "load_mouth_mask", "mouth_mask_tokens",
-           "DEFAULT_MASK_PATH", "BACKENDS", "NAMES", "ENV_DISABLE", "BackendUnavailableError",
-           "create_backend", "backend_report", "clear_probe_cache", "disabled_backends",
-           "set_disabled_backends"]
+import importlib
+
+from .registry import BACKENDS, NAMES, REGISTRY
+
+_EXPORTS = {
+    "ROLES": "core", "AttentionBackend": "core", "StandardAttention": "core", "default_backend": "core",
+    "relative_error": "core",
+    "SDPAAttention": "backends", "XFormersAttention": "backends", "FlexAttention": "backends",
+    "load_mouth_mask": "backends", "mouth_mask_tokens": "backends", "DEFAULT_MASK_PATH": "backends",
+    "ENV_DISABLE": "selection", "create_backend": "selection", "backend_report": "selection",
+    "clear_probe_cache": "selection", "disabled_backends": "selection", "set_disabled_backends": "selection",
+    "availability": "selection", "BackendUnavailableError": "selection",
+}
+__all__ = sorted([*_EXPORTS, "BACKENDS", "NAMES", "REGISTRY"])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)

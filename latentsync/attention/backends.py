@@ -1,18 +1,15 @@
-"""The non-reference kernels: ``flash`` (torch SDPA), ``xformers`` and ``flex`` (with lip focus / audio boost).
+"""The non-reference kernels: ``flash`` (torch SDPA), ``xformers`` and ``flex`` (with lip focus).
 
-All of them compute exactly softmax(q k^T / sqrt(d)) v at ``lip_focus = audio_boost = 1``.
+All of them compute exactly softmax(q k^T / sqrt(d)) v at ``lip_focus = 1``. A kernel that cannot run here raises
+RuntimeError with the reason when it is created.
 
-``flex`` extras (``FlexAttention(lip_focus=..., audio_boost=..., mouth_mask=...)``):
+``flex`` extras (``FlexAttention(lip_focus=..., mouth_mask=...)``):
 
 - ``lip_focus`` (> 0, default 1): in ``spatial_self`` attention only, ``log(lip_focus)`` is added to the
   (already 1/sqrt(d)-scaled) score of every *key* token inside the mouth region, before the softmax. For a
   query whose standard attention mass on mouth keys is ``m`` the new mass is
   ``lip_focus*m / (lip_focus*m + 1 - m)``; the relative weights inside and outside the mouth are unchanged.
   ``lip_focus = 2`` is the seeds' "2x lip-region weight".
-- ``audio_boost`` (> 0, default 1): in ``audio_cross`` attention only, the scaled scores are multiplied by
-  ``audio_boost`` before the softmax: ``softmax(audio_boost * q k^T / sqrt(d)) v``, i.e. an inverse
-  temperature (> 1 sharpens the attention over the 50 audio tokens, < 1 flattens it). Implemented through
-  flex's ``scale`` argument (``scale = audio_boost / sqrt(d)``).
 - The mouth region comes from the pipeline's mask image (``latentsync/assets/mask.png``: pixel 0 = mouth /
   inpainted region, 255 = kept face; ``load_mouth_mask`` returns True = mouth). For each layer's token grid
   ``(h, w)`` the mask is resized by *area* averaging and thresholded at 0.5: a token is a mouth key when at
@@ -162,7 +159,7 @@ def recompile_room():
 
 
 class FlexAttention(AttentionBackend):
-    """``torch.nn.attention.flex_attention`` with optional lip focus and audio boost (see module doc).
+    """``torch.nn.attention.flex_attention`` with optional lip focus (see module doc).
 
     ``mouth_mask``: (H, W) bool tensor, True = mouth; defaults to ``latentsync/assets/mask.png`` when
     ``lip_focus != 1``. ``compile``: "auto" (compile on CUDA only), True, or False (eager).
@@ -170,8 +167,7 @@ class FlexAttention(AttentionBackend):
 
     name = "flex"
 
-    def __init__(self, lip_focus: float = 1.0, audio_boost: float = 1.0,
-                 mouth_mask: torch.Tensor | None = None, compile: bool | str = "auto"):
+    def __init__(self, lip_focus: float = 1.0, mouth_mask: torch.Tensor | None = None, compile: bool | str = "auto"):
         reason = flex_unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"flex backend unavailable: {reason}")
@@ -179,7 +175,6 @@ class FlexAttention(AttentionBackend):
 
         self._eager = flex_attention
         self.lip_focus = _check_positive("lip_focus", lip_focus)
-        self.audio_boost = _check_positive("audio_boost", audio_boost)
         if compile not in ("auto", True, False):
             raise ValueError(f"compile must be 'auto', True or False, got {compile!r}")
         self.compile = compile
@@ -198,8 +193,7 @@ class FlexAttention(AttentionBackend):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"FlexAttention(lip_focus={self.lip_focus}, audio_boost={self.audio_boost}, "
-                f"compile={self.compile!r})")
+        return f"FlexAttention(lip_focus={self.lip_focus}, compile={self.compile!r})"
 
     # -- helpers
     def _use_compile(self, device: torch.device) -> bool:
@@ -245,8 +239,6 @@ class FlexAttention(AttentionBackend):
     # -- the call
     def __call__(self, q, k, v, *, role, hw=None):
         scale = 1.0 / math.sqrt(q.shape[-1])
-        if role == "audio_cross" and self.audio_boost != 1.0:
-            scale *= self.audio_boost
         bias = score_mod = None
         if role == "spatial_self" and self.lip_focus != 1.0:
             bias, score_mod = self._score_mod(hw, k.shape[-2], k.device)

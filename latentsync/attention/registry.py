@@ -1,0 +1,35 @@
+"""The attention backends, one row each: the kernel class, what it supports, and where a request falls back to.
+
+This table is the one list of backends: the option's names (``latentsync.options``), ``create_backend`` and the
+installation report all read it. It imports nothing heavy (the kernels load on use), so the ComfyUI widget list
+can be built from it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # the option value users choose
+    kernel: str  # its class in latentsync/attention/ (core or backends), imported on use
+    summary: str
+    fallback: tuple[str, ...]  # tried in order when it cannot run here
+    lip_focus: bool = False  # runs lip_focus != 1 (the others refuse it)
+
+
+# In the order ``auto`` prefers them (a rule, not a measurement): torch's own fused SDPA first (flash or memory-
+# efficient kernels on CUDA, a fused kernel on the CPU), xformers where SDPA is missing, flex (only needed for lip
+# focus; it compiles per shape), and the reference softmax, which always runs.
+REGISTRY = {backend.name: backend for backend in (
+    Backend("flash", "SDPAAttention", "torch.nn.functional.scaled_dot_product_attention (its flash / "
+            "memory-efficient kernels on CUDA)", ("standard",)),
+    Backend("xformers", "XFormersAttention", "xformers.ops.memory_efficient_attention", ("flash", "standard")),
+    Backend("flex", "FlexAttention", "torch flex_attention, compiled on CUDA; the only one with lip_focus",
+            ("flash", "standard"), lip_focus=True),
+    Backend("standard", "StandardAttention", "explicit softmax(q k^T / sqrt(d)) v: the reference math, every "
+            "device and dtype", ()),
+)}
+BACKENDS = tuple(REGISTRY)
+NAMES = ("auto",) + BACKENDS
