@@ -15,7 +15,8 @@ import torch
 from latentsync.face import (AlignedBatch, FaceStage, NoFaceError, available_detectors, create_detector,
                              no_face_error)
 import cv2_recipe
-from latentsync.face.detectors import LargestFace, usable_faces
+from latentsync.face.base import usable_faces
+from latentsync.face.choice import LargestFace
 from latentsync.face.geometry import CropGeometry, lanczos4_table, resize_lanczos4_u8, transform_points
 
 STRIDE = int(os.environ.get("LATENTSYNC_FACE_TEST_STRIDE", "5"))
@@ -235,7 +236,7 @@ def test_detector_registry(tmp_path):
 
 
 def test_onnx_node_names_reader(tmp_path):
-    from latentsync.face.detectors import _onnx_first_node_names
+    from latentsync.face.onnx_graph import first_node_names
 
     def field(num, payload):
         return bytes([num << 3 | 2, len(payload)]) + payload
@@ -243,4 +244,4 @@ def test_onnx_node_names_reader(tmp_path):
     graph = field(1, field(3, b"bn_data")) + field(1, field(3, b"conv0")) + field(2, b"g")
     path = tmp_path / "m.onnx"
     path.write_bytes(bytes([1 << 3, 7]) + field(7, graph))  # ir_version varint, then the graph
-    assert _onnx_first_node_names(path) == ["bn_data", "conv0"]
+    assert first_node_names(path) == ["bn_data", "conv0"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentsync.face.detectors import FaceTracker
+from latentsync.face.choice import FaceTracker
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 from latentsync.video import VideoWriter, iter_frame_batches

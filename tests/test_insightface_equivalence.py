@@ -5,7 +5,7 @@ buffalo_l's det_10g.onnx (SCRFD: one dynamic-size image in, scores / boxes / key
 anchors each) and 2d106det.onnx (a 192 x 192 crop in, 212 numbers out), with fixed random weights. insightface
 recognises models by those signatures. Both implementations then run on frames of the demo clips (and on a frame
 with two faces side by side): FaceAnalysis(allowed_modules=["detection", "landmark_2d_106"]) with det_size 512, as
-the published LatentSync calls it, against latentsync.face.detectors.InsightFaceDetector. Boxes, scores, landmarks
+the published LatentSync calls it, against latentsync.face.insightface.InsightFaceDetector. Boxes, scores, landmarks
 and the chosen face (the published rule, written out here) must agree bit for bit.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentsync.face.detectors import BROW1_106, BROW2_106, NOSE_106, InsightFaceDetector
+from latentsync.face.insightface import BROW1_106, BROW2_106, NOSE_106, InsightFaceDetector
 from latentsync.video import iter_frame_batches
 
 onnx = pytest.importorskip("onnx", reason="the test builds ONNX models: pip install -r requirements-dev.txt")

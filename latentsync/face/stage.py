@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .detectors import FaceDetector, FaceTracker, LargestFace
+from .base import FaceDetector
+from .choice import FaceTracker, LargestFace
 from .geometry import (FILL_VALUE, CropGeometry, fp16_round, invert_affine, min_filter, resize_lanczos4_u8,
                        similarity_from_points, smooth_translation, transform_points)
 from ..errors import NoFaceError  # noqa: F401 (raised here; defined with the others)
