@@ -296,6 +296,10 @@ def _streams_from_file(video) -> bool:
     return base is None or method is not getattr(base, "get_stream_source", None)
 
 
+ONE_FRAME_SOURCE = ("connect exactly one of `video` (VIDEO, streamed from its file: long clips never fill RAM) or "
+                    "`images` (IMAGE frames, with `fps`)")
+
+
 @contextlib.contextmanager
 def video_frames(video, images, fps: float):
     """(frames for the pipeline, frame rate or None) from exactly one of VIDEO and IMAGE.
@@ -303,8 +307,7 @@ def video_frames(video, images, fps: float):
     A file-backed VIDEO is streamed from its file and never decoded whole; an in-memory file (BytesIO) is spilled
     to a private temp file that is removed afterwards; a VIDEO made from frames hands over its frames."""
     if (video is None) == (images is None):
-        raise ValueError("connect exactly one of `video` (VIDEO, streamed from its file: long clips never fill RAM) "
-                         "or `images` (IMAGE frames, with `fps`)")
+        raise ValueError(ONE_FRAME_SOURCE)
     if images is not None:
         if getattr(images, "ndim", 0) != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
             raise ValueError(f"`images` must be an IMAGE batch (frames, height, width, 3), got "
@@ -342,6 +345,41 @@ def video_output(path: Path | None, frames, audio, fps: Fraction):
         return input_impl.VideoFromFile(str(path))
     util = importlib.import_module("comfy_api.util")
     return input_impl.VideoFromComponents(util.VideoComponents(images=frames, audio=audio, frame_rate=fps))
+
+
+def video_preview(filename: str | None, subfolder: str | None) -> dict:
+    """The node's ``ui``: the written file as a video preview (ComfyUI's ``ui.PreviewVideo`` where the running
+    ComfyUI has it), nothing when no file was written."""
+    if filename is None:
+        return {}
+    latest = _comfy_import("comfy_api.latest")
+    if latest is not None and hasattr(latest, "ui"):
+        ui = latest.ui
+        return ui.PreviewVideo([ui.SavedResult(filename, subfolder, latest.io.FolderType.temp)]).as_dict()
+    return {"images": [{"filename": filename, "subfolder": subfolder, "type": "temp"}], "animated": (True,)}
+
+
+def outcome(result) -> str:
+    """The node's closing text: frames made, and those without a face."""
+    text = f"done: {result.num_frames} frame{'s' if result.num_frames != 1 else ''}"
+    if result.frames_without_face:
+        text += f", {result.frames_without_face} without a face passed through"
+    return text
+
+
+def links_match(node_class, input_types: dict) -> bool | str:
+    """True when every linked input receives its declared type (ComfyUI's own rule), else the sentence saying which
+    does not; outside ComfyUI nothing is checked."""
+    validation = _comfy_import("comfy_execution.validation")
+    if validation is None:
+        return True
+    declared = {name: spec[0] for group in node_class.INPUT_TYPES().values() for name, spec in group.items()
+                if isinstance(spec, tuple)}
+    for name, received in input_types.items():
+        wanted = declared.get(name)
+        if isinstance(wanted, str) and not validation.validate_node_input(received, wanted):
+            return f"{name} takes {wanted}, but a {received} is connected"
+    return True
 
 
 def blocked(message: str):

@@ -22,31 +22,44 @@ import math
 import os
 
 from . import comfyui_bridge as bridge
-from .latentsync.options import (DEEPCACHE_PUBLISHED_INTERVAL, FACE_DETECTORS, LOAD, PRECISIONS, RUN)
+from .latentsync.checkpoints import VERSIONS
+from .latentsync.options import LOAD, RUN, Option
 
 log = logging.getLogger("latentsync.comfyui")
 
 CATEGORY = "LatentSync"
 SEARCH_ALIASES = ["lip sync", "lipsync", "lip-sync", "talking head", "dubbing", "latentsync"]
 MODEL_TYPE = "LATENTSYNC_MODEL"
-MODEL_VERSIONS = {"1.6 (512 px)": "1.6", "1.5 (256 px)": "1.5"}
+MODEL_VERSIONS = {f"{name} ({version.resolution} px)": name for name, version in VERSIONS.items()}
 OUTPUT_MODES = ["auto", "video_file", "frames"]
 FRAMES_OUTPUT = 2  # index of the IMAGE output
-FRAMES_RAM_SHARE = 0.8  # frames asked for as IMAGE may take at most this share of the available RAM
+# the widgets in the order saved workflows list their values (the options schema gives their specs)
+REQUIRED_CHOICES = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level",
+                    "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache")
+OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache")
 
 bridge.register_model_folder()
 
 
-def _widget(name: str, **extra) -> tuple:
-    """A widget built from the options schema: its default, range or choices, and its help as the tooltip."""
-    param = RUN[name]
-    spec = {"default": param.default, "tooltip": param.help, **extra}
-    if param.choices is not None:
-        return list(param.choices), spec
-    spec.update(min=param.min, max=param.max)
-    if param.step is not None:
-        spec["step"] = param.step
-    return ("INT" if isinstance(param.default, int) else "FLOAT"), spec
+def _widget(option: Option) -> tuple:
+    """A widget built from the options schema: its default, range, choices or switch, and its help as the tooltip."""
+    spec = {"default": option.default, "tooltip": option.node_help or option.help}
+    if option.toggle is not None:
+        return "BOOLEAN", {**spec, "default": option.default == option.toggle[1]}
+    if option.choices is not None:
+        return list(option.choices), spec
+    spec.update(min=option.min, max=option.max)
+    if option.step is not None:
+        spec["step"] = option.step
+    if option.field == "seed":
+        spec["control_after_generate"] = True
+    return ("INT" if option.kind is int else "FLOAT"), spec
+
+
+WIDGETS = {option.node: _widget(option) for option in RUN.values() if option.node is not None}
+WIDGETS["output_mode"] = (OUTPUT_MODES, {"default": "auto", "tooltip": (
+    "auto: write the video, and return frames only if the frames output is connected. video_file: write the video "
+    "only. frames: keep every frame in RAM as IMAGE and write no file (the video output is then made from them).")})
 
 
 class LatentSyncModelLoader:
@@ -64,15 +77,17 @@ class LatentSyncModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
+        default_version = next(label for label, name in MODEL_VERSIONS.items() if name == LOAD["version"].default)
         return {"required": {
-            "version": (list(MODEL_VERSIONS), {"default": "1.6 (512 px)", "tooltip": LOAD["version"].help}),
-            "precision": (list(PRECISIONS), {"default": LOAD["precision"].default, "tooltip": LOAD["precision"].help}),
+            "version": (list(MODEL_VERSIONS), {"default": default_version, "tooltip": LOAD["version"].help}),
+            "precision": (list(LOAD["precision"].choices), {"default": LOAD["precision"].default,
+                                                            "tooltip": LOAD["precision"].help}),
             "device": (["default", "cpu"], {"default": "default",
                                             "tooltip": "default = the device ComfyUI runs models on."}),
         }}
 
     def load(self, version, precision, device):
-        from .latentsync.pipeline import LipSyncModels
+        from .latentsync.model_set import LipSyncModels
 
         compute = bridge.load_device(device)
         models = LipSyncModels.load(
@@ -106,23 +121,7 @@ class LatentSyncLipSync:
             "required": {
                 "model": (MODEL_TYPE, {"tooltip": "From LatentSync Model Loader."}),
                 "audio": ("AUDIO", {"tooltip": "The speech; the output lasts as long as it."}),
-                "seed": _widget("seed", control_after_generate=True),
-                "lips_expression": _widget("guidance_scale"),
-                "inference_steps": _widget("steps"),
-                "attention_mode": _widget("attention"),
-                "optimization_level": _widget("optimization_level"),
-                "vram_fraction": _widget("vram_fraction", tooltip=(
-                    "Share of the GPU's memory to plan batches for (0 = auto). Inside ComfyUI no hard cap is set: "
-                    "its model management owns the GPU's memory.")),
-                "memory_mode": _widget("memory_mode", tooltip=RUN["memory_mode"].help + (
-                    " aggressive also gives the GPU memory back after each run.")),
-                "output_mode": (OUTPUT_MODES, {"default": "auto", "tooltip": (
-                    "auto: write the video, and return frames only if the frames output is connected. video_file: "
-                    "write the video only. frames: keep every frame in RAM as IMAGE and write no file (the video "
-                    "output is then made from them).")}),
-                "enable_disk_cache": ("BOOLEAN", {"default": False, "tooltip": (
-                    "On: revisited frames (audio longer than the video) always go to a disk cache. Off: the memory "
-                    "plan decides, following memory_mode.")}),
+                **{name: WIDGETS[name] for name in REQUIRED_CHOICES},
             },
             "optional": {
                 "video": ("VIDEO", {"tooltip": "The talking-head video (e.g. from Load Video): streamed from its file, "
@@ -130,29 +129,27 @@ class LatentSyncLipSync:
                 "images": ("IMAGE", {"tooltip": "Video frames already in RAM. Connect this or video."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.001,
                                   "tooltip": "Frame rate of the images input (a video keeps its own)."}),
-                "face": _widget("face"),
-                "face_detector": (list(FACE_DETECTORS), {"default": RUN["detector"].default,
-                                                         "tooltip": RUN["detector"].help}),
-                "lip_focus": _widget("lip_focus"),
-                "deepcache": ("BOOLEAN", {"default": False, "tooltip": RUN["deepcache_interval"].help.replace(
-                    "every N steps", f"every {DEEPCACHE_PUBLISHED_INTERVAL} steps")}),
+                **{name: WIDGETS[name] for name in OPTIONAL_CHOICES},
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def lipsync(self, model, audio, seed, lips_expression, inference_steps, attention_mode, optimization_level,
-                vram_fraction, memory_mode, output_mode, enable_disk_cache, video=None, images=None, fps=25.0,
-                face=0, face_detector="auto", lip_focus=1.0, deepcache=False, unique_id=None, prompt=None):
-        from .latentsync.pipeline import Cancelled, LipSyncPipeline, PipelineOptions
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        """When the graph is queued: exactly one frame source connected, and every link of the right type (ComfyUI
+        leaves the links' types to a node that asks for ``input_types``)."""
+        if ("video" in input_types) == ("images" in input_types):
+            return bridge.ONE_FRAME_SOURCE
+        return bridge.links_match(cls, input_types)
+
+    def lipsync(self, model, audio, output_mode, video=None, images=None, fps=25.0, unique_id=None, prompt=None,
+                **choices):
+        from .latentsync.options import PipelineOptions
+        from .latentsync.pipeline import Cancelled, LipSyncPipeline
 
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
-        options = PipelineOptions(
-            steps=int(inference_steps), guidance_scale=float(lips_expression), seed=int(seed),
-            attention=attention_mode, lip_focus=float(lip_focus), optimization_level=optimization_level,
-            deepcache_interval=DEEPCACHE_PUBLISHED_INTERVAL if deepcache else 0, memory_mode=memory_mode,
-            vram_fraction=float(vram_fraction), disk_cache=True if enable_disk_cache else None,
-            face=int(face), detector=face_detector, hard_vram_cap=not bridge.inside_comfyui())
+        options = PipelineOptions.from_node(choices, hard_vram_cap=not bridge.inside_comfyui())
         want_frames = output_mode == "frames" or (
             output_mode == "auto" and bridge.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
         path, filename, subfolder = bridge.new_video_path() if output_mode != "frames" else (None, None, None)
@@ -161,22 +158,18 @@ class LatentSyncLipSync:
             collector = _frame_collector(want_frames, audio, frames_in, frame_rate)
             try:
                 progress("models to the device", 0, 1)
-                with model.in_use(release_after=memory_mode == "aggressive") as models:
+                with model.in_use(release_after=options.memory_mode == "aggressive") as models:
                     result = LipSyncPipeline(models, options).run(
                         frames_in, audio, path, fps=frame_rate, progress=progress,
                         should_cancel=bridge.interrupted, frame_sink=collector)
             except Cancelled as error:
                 bridge.raise_interrupted(error)
-        progress.finish(f"done: {result.num_frames} frame{'s' if result.num_frames != 1 else ''}" + (
-            f", {result.frames_without_face} without a face passed through" if result.frames_without_face else ""),
-            result.warnings)
+        progress.finish(bridge.outcome(result), result.warnings)
         bridge.RESULTS.keep(unique_id, path)  # and the node's earlier result, no longer served, is removed
         frames = collector.result() if collector is not None else bridge.blocked(
             "LatentSync Lip Sync returns frames only when asked for: set its output_mode to frames or auto")
         video_out = bridge.video_output(path, frames if collector is not None else None, audio, result.fps)
-        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "temp"}], "animated": (True,)} \
-            if path is not None else {}
-        return {"ui": ui, "result": (video_out, audio, frames)}
+        return {"ui": bridge.video_preview(filename, subfolder), "result": (video_out, audio, frames)}
 
 
 def _frame_collector(wanted: bool, audio, frames_in, frame_rate):
@@ -184,22 +177,19 @@ def _frame_collector(wanted: bool, audio, frames_in, frame_rate):
     before any work, rather than a machine that swaps for minutes)."""
     if not wanted:
         return None
-    import psutil
-
+    from .latentsync.memory_limiter import frames_ram_shortfall
     from .latentsync.video import probe_video
 
-    seconds = bridge.audio_seconds(audio)
     if frame_rate is None:  # a file: its own size and rate
         info = probe_video(frames_in)
         height, width, frame_rate = info.height, info.width, float(info.fps)
     else:
         height, width = int(frames_in.shape[1]), int(frames_in.shape[2])
-    count = math.ceil(seconds * frame_rate)
-    need, available = count * height * width * 3 * 4, psutil.virtual_memory().available
-    if need > FRAMES_RAM_SHARE * available:
-        raise MemoryError(f"the frames output would take {need / 1024 ** 3:.1f} GB of RAM as IMAGE ({count} frames of "
-                          f"{width}x{height}) and {available / 1024 ** 3:.1f} GB are free: disconnect frames and use "
-                          f"the video output, or set output_mode to video_file")
+    count = math.ceil(bridge.audio_seconds(audio) * frame_rate)
+    shortfall = frames_ram_shortfall(count, height, width)
+    if shortfall:
+        raise MemoryError(f"the frames output would take {shortfall}: disconnect frames and use the video output, or "
+                          "set output_mode to video_file")
     return bridge.FrameCollector(count + 1)
 
 

@@ -139,6 +139,19 @@ def vram_cap(plan: MemoryPlan, device: torch.device | str, enabled: bool = True)
         torch.cuda.set_per_process_memory_fraction(previous, index)
 
 
+FRAMES_RAM_SHARE = 0.8  # frames kept in RAM for a host (ComfyUI's IMAGE) may take at most this share of it
+
+
+def frames_ram_shortfall(count: int, height: int, width: int, bytes_per_value: int = 4,
+                         share: float = FRAMES_RAM_SHARE) -> str | None:
+    """None when ``count`` float32 RGB frames fit in ``share`` of the available RAM; else how much they would take
+    and how much is free, as words for a sentence."""
+    need, available = count * height * width * 3 * bytes_per_value, psutil.virtual_memory().available
+    if need <= share * available:
+        return None
+    return (f"{need / GB:.1f} GB of RAM ({count} frames of {width}x{height}) and {available / GB:.1f} GB are free")
+
+
 def log_memory(stage: str) -> dict:
     """Log (and return) RSS and, on CUDA, allocated / reserved / free VRAM at a stage edge."""
     stats = {"stage": stage, "rss_gb": psutil.Process().memory_info().rss / GB}

@@ -21,6 +21,8 @@ FACE_DETECTORS = ("auto", "insightface", "dlib")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 CODECS = ("h264", "ffv1")
 DEEPCACHE_PUBLISHED_INTERVAL = 3  # what the published LatentSync's --enable_deepcache uses
+MEMORY_MODE_HELP = ("How hard to save host RAM when the audio outlasts the video: aggressive always keeps revisited "
+                    "frames in a disk cache, conservative keeps them in RAM when they fit.")
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,9 @@ RUN = _schema(
            max=0.95, step=0.05, changes_output=False,
            node_help="Share of the GPU's memory to plan batches for (0 = auto). Inside ComfyUI no hard cap is set: "
                      "its model management owns the GPU's memory."),
-    Option("memory_mode", "memory_mode", "--memory-mode", "balanced", "How hard to save host RAM when the audio "
-           "outlasts the video: aggressive always keeps revisited frames in a disk cache, conservative keeps them in "
-           "RAM when they fit.", choices=MEMORY_MODES, changes_output=False),
+    Option("memory_mode", "memory_mode", "--memory-mode", "balanced", MEMORY_MODE_HELP, choices=MEMORY_MODES,
+           changes_output=False, node_help=MEMORY_MODE_HELP + " aggressive also gives the GPU memory back after each "
+                                                              "run."),
     Option("disk_cache", "enable_disk_cache", "--disk-cache", None, "Keep revisited frames in a disk cache (on), in "
            "RAM (off), or let the memory plan decide (auto).", choices=(None, True, False),
            words={"auto": None, "on": True, "off": False}, changes_output=False, toggle=(None, True),

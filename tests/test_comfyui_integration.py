@@ -174,11 +174,15 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert sorted(p.name for p in (base / "output").rglob("*.mp4")) == before
         assert sorted(p.name for p in (base / "temp").rglob("*") if p.is_file()) == temp_before
 
-        # bad inputs: one sentence each, naming the fix
+        # bad inputs: one sentence each, naming the fix; a wrong graph is refused when queued, before anything runs
         no_video = json.loads(json.dumps(prompt))
-        del next(n for n in no_video.values() if n["class_type"] == "LatentSyncLipSync")["inputs"]["video"]
-        message = _error(server.wait(server.queue(no_video)))
-        assert "connect exactly one of `video`" in message and "\n" not in message
+        del no_video[lipsync_id]["inputs"]["video"]
+        status, answer = post(f"{server.url}/prompt", {"prompt": no_video})
+        assert status == 400 and "connect exactly one of `video`" in json.dumps(answer["node_errors"][lipsync_id])
+        audio_as_video = json.loads(json.dumps(prompt))
+        audio_as_video[lipsync_id]["inputs"]["video"] = audio_as_video[lipsync_id]["inputs"]["audio"]
+        status, answer = post(f"{server.url}/prompt", {"prompt": audio_as_video})
+        assert status == 400 and "video takes VIDEO, but a AUDIO is connected" in json.dumps(answer["node_errors"])
         blip = json.loads(json.dumps(prompt))
         next(n for n in blip.values() if n["class_type"] == "LoadAudio")["inputs"]["audio"] = too_short
         message = _error(server.wait(server.queue(blip)))

@@ -462,6 +462,13 @@ def test_exactly_one_of_video_and_images(package, node_env, short_clip):
         with pytest.raises(ValueError, match="exactly one of `video`") as error:
             run_node(package, model, audio, fps=fps, **extra)
         assert "\n" not in str(error.value)
+    # and when the graph is queued (ComfyUI passes the linked inputs' types), before anything runs
+    node = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"]
+    links = {"model": "LATENTSYNC_MODEL", "audio": "AUDIO"}
+    for frames_in in ({}, {"video": "VIDEO", "images": "IMAGE"}):
+        assert "exactly one of `video`" in node.VALIDATE_INPUTS({**links, **frames_in})
+    assert node.VALIDATE_INPUTS({**links, "video": "VIDEO"}) is True
+    assert node.VALIDATE_INPUTS({**links, "images": "IMAGE"}) is True
 
 
 def test_interrupt_stops_within_a_step_and_leaves_nothing(package, node_env, short_clip, media_dir, monkeypatch):
