@@ -14,11 +14,11 @@ from pathlib import Path
 
 if __package__:  # imported as part of the ComfyUI package
     from .latentsync.memory_limiter import (MEMORY_MODES, OPTIMIZATION_LEVELS, MemoryPlan,  # noqa: F401
-                                            detect_hardware, plan_memory, smaller_batches)
+                                            PipelineOptions, Workload, detect_hardware, plan_memory, smaller_batches)
 else:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from latentsync.memory_limiter import (MEMORY_MODES, OPTIMIZATION_LEVELS, MemoryPlan,  # noqa: F401
-                                           detect_hardware, plan_memory, smaller_batches)
+                                           PipelineOptions, Workload, detect_hardware, plan_memory, smaller_batches)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     hardware = detect_hardware(args.device)
-    plan = plan_memory(hardware, resolution=args.resolution, source_frames=args.frames,
-                       frame_shape=(args.height, args.width), revisits=args.revisits,
-                       optimization_level=args.optimization_level, memory_mode=args.memory_mode)
+    work = Workload(args.resolution, args.frames, (args.height, args.width), args.revisits)
+    plan = plan_memory(hardware, work, PipelineOptions(optimization_level=args.optimization_level,
+                                                       memory_mode=args.memory_mode))
     print(f"hardware: {hardware}")
     for field in ("profile", "device", "dtype", "chunks_per_call", "vae_batch", "face_batch", "vram_fraction",
                   "disk_cache"):

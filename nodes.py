@@ -22,6 +22,7 @@ import math
 import os
 
 from . import comfyui_bridge as bridge
+from . import comfyui_graph as graph
 from .latentsync.checkpoints import VERSIONS
 from .latentsync.options import LOAD, RUN, Option
 
@@ -151,7 +152,7 @@ class LatentSyncLipSync:
             raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
         options = PipelineOptions.from_node(choices, hard_vram_cap=not bridge.inside_comfyui())
         want_frames = output_mode == "frames" or (
-            output_mode == "auto" and bridge.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
+            output_mode == "auto" and graph.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
         path, filename, subfolder = bridge.new_video_path() if output_mode != "frames" else (None, None, None)
         progress = bridge.NodeProgress(unique_id)
         with bridge.video_frames(video, images, fps) as (frames_in, frame_rate), bridge.named_as_chosen(frames_in):
@@ -194,7 +195,7 @@ def _frame_collector(wanted: bool, audio, frames_in, frame_rate):
 
 
 NODE_CLASS_MAPPINGS = {"LatentSyncModelLoader": LatentSyncModelLoader, "LatentSyncLipSync": LatentSyncLipSync}
-bridge.register_prompt_handler(NODE_CLASS_MAPPINGS)
+graph.register_prompt_handler(NODE_CLASS_MAPPINGS)
 # ComfyUI 0.3.x's search box matches the class and display names only, near their start (it ignores
 # SEARCH_ALIASES): the words users type for this node lead its display name
 NODE_DISPLAY_NAME_MAPPINGS = {"LatentSyncModelLoader": "LatentSync Model Loader",

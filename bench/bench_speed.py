@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from latentsync.audio import WhisperEncoder  # noqa: E402
 from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint  # noqa: E402
 from latentsync.checkpoints import CheckpointSet, get_version  # noqa: E402
-from latentsync.memory_limiter import detect_hardware, plan_memory  # noqa: E402
+from latentsync.memory_limiter import Workload, detect_hardware, plan_memory  # noqa: E402
 from latentsync.models.loading import load_unet_config  # noqa: E402
 from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions  # noqa: E402
@@ -49,7 +49,7 @@ def build_models(args, folder: Path) -> LipSyncModels:
 
     device = torch.device(args.device)
     hardware = detect_hardware(args.device)
-    dtype = plan_memory(hardware, resolution=512, source_frames=0, frame_shape=(0, 0), revisits=False).dtype
+    dtype = plan_memory(hardware, Workload(512)).dtype
     if args.size == "full":
         spec = get_version(args.version)
         unet_config, resolution, vae_config, whisper_dims = (load_unet_config(spec.unet_config), spec.resolution,

@@ -10,7 +10,7 @@ Importing this package is cheap; heavy modules (torch models, whisper, face dete
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,8 +24,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'latentsync' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

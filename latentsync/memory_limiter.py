@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import psutil
 import torch
 
-from .options import MEMORY_MODES, OPTIMIZATION_LEVELS, RUN, check_all  # noqa: F401 (re-exported)
+from .options import MEMORY_MODES, OPTIMIZATION_LEVELS, PipelineOptions  # noqa: F401 (the first two re-exported)
 from .errors import OutOfMemory  # noqa: F401 (raised here; defined with the others)
 
 log = logging.getLogger("latentsync.memory")
@@ -84,15 +84,24 @@ def _profile(hardware: Hardware, budget: int) -> tuple[str, int, int, int]:
     return "low (<=8 GB)", 1, 2, 8
 
 
-def plan_memory(hardware: Hardware, *, resolution: int, source_frames: int, frame_shape: tuple[int, int],
-                revisits: bool, optimization_level: str = "balanced", memory_mode: str = "balanced",
-                vram_fraction: float = 0.0, disk_cache: bool | None = None) -> MemoryPlan:
-    """Choose batch sizes and modes; explicit ``vram_fraction`` / ``disk_cache`` override the profile.
+@dataclass(frozen=True)
+class Workload:
+    """What a run asks of the machine, as far as planning goes."""
 
-    ``revisits``: the audio outlasts the video, so source frames and faces are visited again (ping-pong).
-    """
-    check_all(RUN, {"optimization_level": optimization_level, "memory_mode": memory_mode,
-                    "vram_fraction": vram_fraction})
+    resolution: int  # face size in pixels
+    source_frames: int = 0
+    frame_shape: tuple[int, int] = (0, 0)  # (height, width) of the video
+    revisits: bool = False  # the audio outlasts the video, so frames and faces are visited again (ping-pong)
+
+
+def plan_memory(hardware: Hardware, work: Workload, choices=None) -> MemoryPlan:
+    """Choose batch sizes and modes for ``work`` on ``hardware``; ``choices`` (a ``PipelineOptions``; default: the
+    defaults) gives the optimization level and memory mode, and its explicit ``vram_fraction`` / ``disk_cache``
+    override the profile."""
+    choices = choices if choices is not None else PipelineOptions()
+    optimization_level, memory_mode = choices.optimization_level, choices.memory_mode
+    vram_fraction, disk_cache = choices.vram_fraction, choices.disk_cache
+    resolution = work.resolution
     budget = int(hardware.total_vram * vram_fraction) if vram_fraction else hardware.total_vram
     name, chunks, vae_batch, face_batch = _profile(hardware, budget)
     reasons = [f"profile {name} on {hardware.name}"]
@@ -111,10 +120,10 @@ def plan_memory(hardware: Hardware, *, resolution: int, source_frames: int, fram
         reasons.append(f"conservative: VRAM capped at {vram_fraction:.2f} of {hardware.total_vram / GB:.0f} GB")
 
     if disk_cache is None:
-        frame_bytes = frame_shape[0] * frame_shape[1] * 3 + resolution * resolution * 3
-        working_set = source_frames * frame_bytes if revisits else 0
-        disk_cache = revisits and working_set > RAM_SHARE_BEFORE_DISK[memory_mode] * hardware.free_ram
-        if revisits:
+        frame_bytes = work.frame_shape[0] * work.frame_shape[1] * 3 + resolution * resolution * 3
+        working_set = work.source_frames * frame_bytes if work.revisits else 0
+        disk_cache = work.revisits and working_set > RAM_SHARE_BEFORE_DISK[memory_mode] * hardware.free_ram
+        if work.revisits:
             reasons.append(f"revisited frames need {working_set / GB:.2f} GB of "
                            f"{hardware.free_ram / GB:.1f} GB free RAM: {'disk' if disk_cache else 'memory'} mode")
     return MemoryPlan(name, hardware.device, dtype, chunks, vae_batch, face_batch, vram_fraction, disk_cache,

@@ -12,7 +12,7 @@ import yaml
 from .checkpoints import VERSIONS, CheckpointSet, locate
 from .engine.control import Progress
 from .mask import load_mouth_mask
-from .memory_limiter import detect_hardware, plan_memory
+from .memory_limiter import Workload, detect_hardware, plan_memory
 from .options import LOAD, check_all
 
 log = logging.getLogger("latentsync.pipeline")
@@ -57,8 +57,7 @@ class LipSyncModels:
         chunk_size = int(config["data"]["num_frames"])
         resolution = int(config["data"]["resolution"]) if resolution is None else int(resolution)
         hardware = detect_hardware(None if device is None else str(device))
-        dtype = PRECISION_DTYPES.get(precision) or plan_memory(
-            hardware, resolution=resolution, source_frames=0, frame_shape=(0, 0), revisits=False).dtype
+        dtype = PRECISION_DTYPES.get(precision) or plan_memory(hardware, Workload(resolution)).dtype
         device = torch.device(device or hardware.device)
         place = torch.device(weights_device or device)
         report = progress or (lambda *_: None)

@@ -18,7 +18,7 @@ import pytest
 from latentsync.face.choice import FaceTracker
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from latentsync.video import VideoWriter, iter_frame_batches
+from latentsync.video import VideoWriter, iter_frame_batches, video_encoder
 from test_pipeline import make_audio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_tracker_follows_the_face_it_picked():
 
 def test_cli_face_flag(setup, two_faces, tmp_path):
     clip = tmp_path / "two.mp4"
-    with VideoWriter(clip, two_faces.shape[2], two_faces.shape[1], 25, quality=10) as writer:
+    with VideoWriter(clip, two_faces.shape[2], two_faces.shape[1], 25, encoder=video_encoder(quality=10)) as writer:
         writer.write(two_faces)
     source = np.concatenate(list(iter_frame_batches(clip, 16)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))

@@ -5,8 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, detect_hardware, plan_memory, smaller_batches,
-                                       vram_cap)
+from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, Workload, detect_hardware, plan_memory,
+                                       smaller_batches, vram_cap)
+from latentsync.options import PipelineOptions
 
 H100 = Hardware("cuda", "H100", 80 * GB, 79 * GB, (9, 0), 128 * GB, 100 * GB)
 RTX3060 = Hardware("cuda", "RTX 3060", 12 * GB, 11 * GB, (8, 6), 32 * GB, 20 * GB)
@@ -16,9 +17,9 @@ FRAME = (1920, 1080)
 
 
 def plan(hardware, **kw):
-    args = dict(resolution=512, source_frames=250, frame_shape=FRAME, revisits=False)
-    args.update(kw)
-    return plan_memory(hardware, **args)
+    work = dict(resolution=512, source_frames=250, frame_shape=FRAME, revisits=False)
+    work.update({name: kw.pop(name) for name in list(kw) if name in work})
+    return plan_memory(hardware, Workload(**work), PipelineOptions(**kw))
 
 
 def test_profiles_follow_vram_and_capability():

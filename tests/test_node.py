@@ -175,7 +175,7 @@ print("ok")
 
 
 def test_output_wiring_is_read_from_the_prompt(package):
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_graph")
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1}},
               "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x"}},
               "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}}
@@ -195,7 +195,7 @@ def test_cache_key_ignores_the_preview_and_follows_the_wiring(nodes, comfyui):
     still come from ComfyUI's cache. Wiring ``frames`` must not: that result had no frames."""
     import copy
 
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_graph")
     for _ in range(2):  # what nodes.py does on import, and a second import of the pack
         bridge.register_prompt_handler(nodes.NODE_CLASS_MAPPINGS)
     server = comfyui["server"]

@@ -20,8 +20,7 @@ Importing this package is cheap: the kernels (and torch) load on first use.
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_exports
 from .registry import BACKENDS, NAMES, REGISTRY
 
 _EXPORTS = {
@@ -35,8 +34,4 @@ _EXPORTS = {
 }
 __all__ = sorted([*_EXPORTS, "BACKENDS", "NAMES", "REGISTRY"])
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..face import FaceTrack
 from ..frames import FrameSource, open_source
-from ..memory_limiter import MemoryPlan, detect_hardware, plan_memory
+from ..memory_limiter import MemoryPlan, Workload, detect_hardware, plan_memory
 
 log = logging.getLogger("latentsync.pipeline")
 
@@ -76,10 +76,8 @@ def plan_run(models, options, video, audio, fps: float | None = None, segment=No
     if segment is not None:
         _check_segment(segment, total, models.chunk_size)
     hardware = detect_hardware(str(models.device))
-    memory = plan_memory(hardware, resolution=models.resolution, source_frames=source.num_frames,
-                         frame_shape=(source.height, source.width), revisits=total > source.num_frames,
-                         optimization_level=options.optimization_level, memory_mode=options.memory_mode,
-                         vram_fraction=options.vram_fraction, disk_cache=options.disk_cache)
+    work = Workload(models.resolution, source.num_frames, (source.height, source.width), total > source.num_frames)
+    memory = plan_memory(hardware, work, options)
     if segment is not None:  # the whole run's batch sizes, whatever this device would choose
         memory = memory.with_batches(segment.batches)
     for reason in memory.reasons:

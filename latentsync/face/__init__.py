@@ -13,6 +13,8 @@ Cheap to import: detectors and torch work load on use.
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     "FaceDetector": "base", "InsightFaceDetector": "insightface", "DlibDetector": "dlib_detector",
     "LargestFace": "choice", "FaceTracker": "choice",
@@ -23,10 +25,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

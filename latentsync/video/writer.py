@@ -21,6 +21,8 @@ from .rates import frame_rate
 from .errors import MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg
 
+AUDIO_BITRATE = "192k"  # AAC, for the muxed speech
+
 
 def _remove(path: Path | None) -> None:
     if path is not None:
@@ -93,8 +95,8 @@ class VideoWriter:
     """
 
     def __init__(self, out_path: str | Path, width: int, height: int, fps: Fraction | float | int,
-                 audio: str | Path | None = None, audio_offset: float = 0.0, quality: int = 18,
-                 encoder: Sequence[str] | None = None, audio_bitrate: str = "192k", ffmpeg: str | None = None):
+                 audio: str | Path | None = None, audio_offset: float = 0.0, encoder: Sequence[str] | None = None,
+                 ffmpeg: str | None = None):
         if width < 1 or height < 1:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         fps = frame_rate(fps)
@@ -111,9 +113,8 @@ class VideoWriter:
         self.output_size = (self.width + self.width % 2, self.height + self.height % 2)
         self.audio = Path(audio) if audio is not None else None
         self.audio_offset = float(audio_offset)
-        self.audio_bitrate = audio_bitrate
         self.ffmpeg = ffmpeg or find_ffmpeg()
-        self.encoder = list(encoder) if encoder is not None else choose_video_encoder(quality, self.ffmpeg)
+        self.encoder = list(encoder) if encoder is not None else choose_video_encoder(ffmpeg=self.ffmpeg)
         self.frames_written = 0
         self._suffix = self.out_path.suffix or ".mp4"
         self._video_temp: Path | None = None
@@ -245,7 +246,7 @@ class VideoWriter:
     def _mux(self) -> Path:
         self._mux_temp = _temp_path(self.out_path.parent, self.out_path.name, ".mux" + self._suffix)
         _copy_video(self.ffmpeg, ["-i", str(self._video_temp)], self._mux_temp, self.duration, self.audio,
-                    self.audio_offset, self.audio_bitrate)
+                    self.audio_offset)
         return self._mux_temp
 
     def _fail(self, what: str) -> None:
@@ -266,7 +267,7 @@ class VideoWriter:
 
 
 def join_videos(parts: Sequence[str | Path], out_path: str | Path, duration: float, audio: str | Path | None = None,
-                audio_bitrate: str = "192k", ffmpeg: str | None = None) -> Path:
+                ffmpeg: str | None = None) -> Path:
     """Join videos encoded alike (the segments of one run) into ``out_path`` without re-encoding them, with
     ``audio`` muxed in (trimmed to ``duration`` seconds); published atomically like ``VideoWriter``'s output."""
     out_path = Path(out_path)
@@ -276,8 +277,7 @@ def join_videos(parts: Sequence[str | Path], out_path: str | Path, duration: flo
     try:  # the concat demuxer's list: one quoted absolute path per line
         listing.write_text("".join("file '" + str(Path(part).resolve()).replace("'", "'\\''") + "'\n"
                                    for part in parts))
-        _copy_video(ffmpeg, ["-f", "concat", "-safe", "0", "-i", str(listing)], temp, duration, audio, 0.0,
-                    audio_bitrate)
+        _copy_video(ffmpeg, ["-f", "concat", "-safe", "0", "-i", str(listing)], temp, duration, audio, 0.0)
         os.replace(temp, out_path)
     finally:
         _remove(listing)
@@ -290,12 +290,12 @@ def _container_flags(suffix: str) -> list[str]:
 
 
 def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float, audio: Path | None,
-                audio_offset: float, audio_bitrate: str) -> None:
+                audio_offset: float) -> None:
     """The video stream copied as it is into ``out``, with ``audio`` (AAC, from ``audio_offset`` seconds on,
     trimmed to ``duration``) when given."""
     if audio is not None:
         seek = ["-ss", f"{audio_offset:.6f}"] if audio_offset > 0 else []
-        sound = [*seek, "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate,
+        sound = [*seek, "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", AUDIO_BITRATE,
                  "-t", f"{duration:.6f}"]
     else:
         sound = ["-map", "0:v:0"]
