@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from latentsync.attention import (BACKENDS, StandardAttention, backend_report, create_backend,  # noqa: E402
                                   relative_error)
-from latentsync.attention.selection import _availability  # noqa: E402
+from latentsync.attention import availability  # noqa: E402
 
 CHANNELS = (320, 640, 1280, 1280)
 HEADS = 8
@@ -73,7 +73,7 @@ def problems(levels, frames, latent=64):
 
 
 def bench_kernels(device, dtype, levels, frames, reps):
-    names = [n for n in BACKENDS if _availability(n, device, dtype)[0]]
+    names = [n for n in BACKENDS if availability(n, device, dtype)[0]]
     backends = {n: create_backend(n, device, dtype, strict=True) for n in names}
     if "flex" in names:
         backends["flex+lip2"] = create_backend("flex", device, dtype, lip_focus=2.0, strict=True)
@@ -132,7 +132,7 @@ def bench_unet(device, dtype, frames, reps):
     res = {"input": list(sample.shape), "audio": list(audio.shape), "backends": {}}
     t_std = None
     for n in ["standard"] + [x for x in BACKENDS if x != "standard"]:
-        if not _availability(n, device, dtype)[0]:
+        if not availability(n, device, dtype)[0]:
             continue
         unet.set_attention_backend(create_backend(n, device, dtype, strict=True))
         try:

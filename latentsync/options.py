@@ -90,7 +90,7 @@ class Option:
 
     def from_node(self, value):
         """The library's value of the node's widget value."""
-        return self.toggle[bool(value)] if self.toggle is not None else self.kind(value) if self.kind else value
+        return self.toggle[bool(value)] if self.toggle is not None else self.kind(value)
 
 
 def _whole_number(text: str, name: str) -> int:
