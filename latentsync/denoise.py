@@ -69,6 +69,7 @@ class LipSyncDenoiser:
         self.dtype = dtype
         self.scheduler = DDIMScheduler.from_config(scheduler_config)
         self.scheduler.set_timesteps(settings.steps, device=self.device)
+        self.steps = ddim_steps(self.scheduler)  # every coefficient of the loop, read before it starts
         self.resolution = int(mouth_mask.shape[-1])
         self.latent_size = self.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
         # mask: (3, R, R), 0 on the mouth; the UNet gets channel 0 at latent size (nearest), like the reference.
@@ -181,10 +182,11 @@ class LipSyncDenoiser:
         interval = self.settings.deepcache_interval
         cache = DeepCacheState(interval) if interval > 1 else None
 
-        timesteps = self.scheduler.timesteps
-        for index, t in enumerate(timesteps):
+        # Nothing in this loop waits for the device (no value of it is read on the host): on CUDA the host queues
+        # the steps ahead of the GPU. DDIM's scale_model_input is the identity.
+        for index, step in enumerate(self.steps):
+            t = step.timestep
             model_input = torch.cat([latents, latents]) if self.guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
             model_input = torch.cat([model_input, condition], dim=1)
             extra = {} if cache is None else {"deep_cache": cache.step(index)}  # off: the exact UNet call
             noise = self.unet(model_input, t, encoder_hidden_states=audio, **extra)
@@ -192,9 +194,9 @@ class LipSyncDenoiser:
             if self.guided:
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + self.settings.guidance_scale * (conditional - unconditional)
-            latents = self.scheduler.step(noise, t, latents, eta=0.0).prev_sample
+            latents = step.update(noise, latents)
             if on_step is not None:
-                on_step(index + 1, len(timesteps))
+                on_step(index + 1, len(self.steps))
 
         outputs = []
         for i, cond in enumerate(batch):
@@ -207,4 +209,42 @@ class LipSyncDenoiser:
         latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
         batch = self.settings.vae_batch
         return torch.cat([self.vae.decode(latents[i:i + batch]).sample for i in range(0, latents.shape[0], batch)])
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    """One step of diffusers' ``DDIMScheduler.step`` with eta 0 and epsilon prediction, its coefficients computed
+    before the loop as diffusers computes them (0-d float32 tensors on the CPU): the update then reads nothing from
+    the device (diffusers' step indexes ``alphas_cumprod`` with the device's timestep and tests it on the host)."""
+
+    timestep: torch.Tensor  # on the device: the UNet's input
+    beta_sqrt: torch.Tensor  # (1 - alpha_t) ** 0.5
+    alpha_sqrt: torch.Tensor  # alpha_t ** 0.5
+    alpha_prev_sqrt: torch.Tensor  # alpha_{t-1} ** 0.5
+    direction: torch.Tensor  # (1 - alpha_{t-1} - sigma_t ** 2) ** 0.5, sigma_t = 0 * variance ** 0.5
+
+    def update(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The previous sample, in diffusers' order of operations (the same bits)."""
+        pred_original_sample = (sample - self.beta_sqrt * model_output) / self.alpha_sqrt
+        return self.alpha_prev_sqrt * pred_original_sample + self.direction * model_output
+
+
+def ddim_steps(scheduler: DDIMScheduler) -> list[DDIMStep]:
+    """The steps of ``scheduler`` (after ``set_timesteps``), eta 0, epsilon prediction, no clipping."""
+    config = scheduler.config
+    if config.prediction_type != "epsilon" or config.clip_sample or config.thresholding:
+        raise ValueError("the DDIM update here is diffusers' for epsilon prediction without clipping or thresholding")
+    stride = config.num_train_timesteps // scheduler.num_inference_steps
+    alphas = scheduler.alphas_cumprod
+    steps = []
+    for timestep in scheduler.timesteps:
+        t = int(timestep)  # once, before the loop
+        alpha_t = alphas[t]
+        alpha_prev = alphas[t - stride] if t - stride >= 0 else scheduler.final_alpha_cumprod
+        beta_t = 1 - alpha_t
+        variance = ((1 - alpha_prev) / beta_t) * (1 - alpha_t / alpha_prev)
+        sigma = 0.0 * variance ** 0.5
+        steps.append(DDIMStep(timestep, beta_t ** 0.5, alpha_t ** 0.5, alpha_prev ** 0.5,
+                              (1 - alpha_prev - sigma ** 2) ** 0.5))
+    return steps
 
