@@ -74,6 +74,7 @@ class LipSyncDenoiser:
         self.latent_size = self.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
         # mask: (3, R, R), 0 on the mouth; the UNet gets channel 0 at latent size (nearest), like the reference.
         self.pixel_mask = mouth_mask.to(self.device, dtype)
+        self.float_mask = mouth_mask.to(self.device, torch.float32)  # the masked faces are made in float32
         self.latent_mask = F.interpolate(mouth_mask[None, :1].float(), size=(self.latent_size,) * 2)[0].to(
             self.device, dtype)
         self.generator: torch.Generator | None = None
@@ -133,9 +134,8 @@ class LipSyncDenoiser:
         return outputs
 
     def _prepare(self, chunk: Chunk) -> dict:
-        faces = chunk.faces.to(self.device, self.dtype)
-        pixels = faces / 255.0 * 2.0 - 1.0  # the reference's Normalize([0.5], [0.5])
-        masked = pixels * self.pixel_mask
+        faces = chunk.faces.to(self.device)
+        pixels, masked = normalised_faces(faces, self.float_mask, self.dtype)
         masked_latents = self._encode(masked)
         reference_latents = self._encode(pixels)
         return {
@@ -209,6 +209,14 @@ class LipSyncDenoiser:
         latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
         batch = self.settings.vae_batch
         return torch.cat([self.vae.decode(latents[i:i + batch]).sample for i in range(0, latents.shape[0], batch)])
+
+
+def normalised_faces(faces: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 faces -> (faces, masked faces) in [-1, 1] as ``dtype``, computed in float32 and then cast, as the
+    published pipeline does (its image processor normalises in float32; the UNet's dtype comes after): normalising
+    in float16 itself would round twice (140 of the 256 byte values then land one float16 ulp away)."""
+    pixels = faces.to(torch.float32) / 255.0 * 2.0 - 1.0  # the reference's Normalize([0.5], [0.5]), same bits
+    return pixels.to(dtype), (pixels * mask).to(dtype)
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,76 @@ def test_ddim_update_is_diffusers_step_bit_for_bit(count, dtype):
         assert step.timestep == t and got.dtype == expected.dtype == dtype
         assert torch.equal(got, expected), (count, int(t))
         sample = expected
+
+
+# -- the published dtypes and orders ------------------------------------------------------------------------------
+
+
+def test_faces_are_normalised_in_float32_then_cast():
+    """Every byte value: the published image processor's float32 Normalize([0.5], [0.5]) of x / 255, then the cast
+    to float16 (normalising in float16 itself rounds twice: 140 of the 256 values land one ulp away)."""
+    from latentsync.denoise import normalised_faces
+
+    faces = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    mask = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    pixels, masked = normalised_faces(faces, mask, torch.float16)
+    published = (faces / 255.0 - 0.5) / 0.5  # float32, as torchvision's Normalize computes it
+    assert torch.equal(pixels, published.to(torch.float16))
+    assert torch.equal(masked, (published * mask).to(torch.float16))
+    in_half = faces.to(torch.float16) / 255.0 * 2.0 - 1.0  # what the loop did before
+    assert int((in_half != pixels).sum()) // 3 == 140
+
+
+def test_clip_groupnorm_rounds_once_like_groupnorm_in_float16():
+    """ClipGroupNorm on a frame stack in float16 against nn.GroupNorm on the video: statistics, scale, shift and
+    output in float32, rounded once (rounding scale and shift to float16 first put 37 % of the values off)."""
+    from latentsync.models.resnet import ClipGroupNorm
+
+    torch.manual_seed(0)
+    b, c, f, h, w = 2, 64, 16, 8, 8
+    ours = ClipGroupNorm(32, c, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    reference = torch.nn.GroupNorm(32, c, eps=1e-6)
+    reference.load_state_dict(ours.state_dict())
+    video = (torch.randn(b, c, f, h, w) * 3 + 1).half()
+    with torch.no_grad():
+        expected = reference.half()(video)
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        got = ours.half()(frames, f).view(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+    off = got != expected
+    ulp = torch.finfo(torch.float16).eps * expected.float().abs().clamp_min(2 ** -14)
+    assert int(off.sum()) < 1e-3 * expected.numel()  # measured: 26 of 131072 (float32 statistics' own order)
+    assert bool(((got.float() - expected.float()).abs() <= ulp).all())
+
+
+def test_face_warp_in_float16_is_the_published_align_warp():
+    """On CUDA the published AlignRestore warps the whole frame in float16 (its default dtype); the face stage warps
+    in float16 there too. On the CPU in float16, the crops equal that recipe bit for bit (and differ from a float32
+    warp, so the dtype is what makes them equal)."""
+    import cv2
+    import kornia
+    import numpy as np
+
+    from latentsync.face import FaceStage
+
+    resolution = 128
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 240, 200, 3), dtype=np.uint8)
+    anchors = [np.array([[70.0, 90.0], [128.0, 88.0], [99.0, 120.0]]) + shift for shift in (0.0, 1.5, -2.0)]
+    stage = FaceStage(None, resolution, roi_warp=False, warp_dtype=torch.float16)
+    track = stage.locate(frames, anchors)
+    faces = stage.crop(frames, track).faces
+    cw, ch = stage.geometry.crop_size
+    fill = torch.tensor([127, 127, 127], dtype=torch.float16)
+    for i, frame in enumerate(frames):  # the published align_warp_face, one frame at a time
+        image = torch.from_numpy(frame).to(torch.float16).permute(2, 0, 1)[None]
+        warped = kornia.geometry.transform.warp_affine(image, track.affine[i:i + 1].to(torch.float16), (ch, cw),
+                                                       mode="bilinear", padding_mode="fill", fill_value=fill)
+        crop = warped[0].permute(1, 2, 0).numpy().astype(np.uint8)
+        expected = cv2.resize(crop, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
+        assert np.array_equal(faces[i].permute(1, 2, 0).numpy(), expected), i
+    in_float32 = FaceStage(None, resolution, roi_warp=False, warp_dtype=torch.float32)
+    in_float32.locate(frames, anchors)
+    assert not torch.equal(in_float32.crop(frames, track).faces, faces)

@@ -110,7 +110,8 @@ class FaceStage:
     call (frames must arrive in order); ``reset`` starts a new clip."""
 
     def __init__(self, detector: FaceDetector | None, resolution: int = 512, device="cpu",
-                 fp16_matrices: bool = True, roi_warp: bool | None = None, face: int = 0):
+                 fp16_matrices: bool = True, roi_warp: bool | None = None, face: int = 0,
+                 warp_dtype: torch.dtype | None = None):
         self.detector = detector
         self.face = face  # 0 = the largest of each frame (the reference), N = the N-th from the left, followed
         self.geometry = CropGeometry(resolution)
@@ -118,6 +119,9 @@ class FaceStage:
         self.device = torch.device(device)
         self.fp16_matrices = fp16_matrices  # round matrices through float16 as the reference does
         self.roi_warp = self.device.type == "cpu" if roi_warp is None else roi_warp
+        # the face warp's dtype: float16 on CUDA, as the published AlignRestore warps there (the CPU, where the
+        # published pipeline does not run, keeps float32)
+        self.warp_dtype = warp_dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._template = torch.tensor(self.geometry.template, dtype=torch.float32)
         self.reset()
 
@@ -196,7 +200,7 @@ class FaceStage:
         into 1-LSB flips on ~0.5 % of the crop's pixels."""
         cw, ch = self.geometry.crop_size
         height, width = frames.shape[1:3]
-        m = m.double()
+        m, dtype = m.double(), self.warp_dtype
         if self.roi_warp:
             corners = torch.tensor([[0, 0], [cw - 1, 0], [0, ch - 1], [cw - 1, ch - 1]], dtype=torch.float64)
             src = transform_points(invert_affine(m), corners.expand(len(idx), 4, 2))
@@ -208,9 +212,9 @@ class FaceStage:
             sel = torch.from_numpy(idx)
             t = frames[sel.to(frames.device)] if isinstance(frames, torch.Tensor) else torch.from_numpy(frames[idx])
             img = t.to(self.device).permute(0, 3, 1, 2).float()
-        fill = torch.full((3,), FILL_VALUE, device=self.device)
-        crop = kornia.geometry.transform.warp_affine(img, m.float().to(self.device), (ch, cw), mode="bilinear",
-                                                     padding_mode="fill", fill_value=fill)
+        fill = torch.full((3,), FILL_VALUE, device=self.device, dtype=dtype)
+        crop = kornia.geometry.transform.warp_affine(img.to(dtype), m.to(self.device, dtype), (ch, cw),
+                                                     mode="bilinear", padding_mode="fill", fill_value=fill)
         crop = crop.clamp_(0, 255).to(torch.uint8)  # the reference truncates (numpy astype) the warped crop
         r = self.resolution
         if self.device.type == "cpu":  # OpenCV itself: bit-identical to resize_lanczos4_u8 and faster here

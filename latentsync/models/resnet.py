@@ -23,15 +23,16 @@ class ClipGroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
         bf, c, h, w = x.shape
         b, g = bf // num_frames, self.num_groups
-        grouped = x.reshape(b, num_frames, g, (c // g) * h * w)
-        if grouped.dtype in (torch.float16, torch.bfloat16):
-            grouped = grouped.float()  # statistics in float32, as nn.GroupNorm computes them
+        frames = x.reshape(b, num_frames, c, h * w)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # as nn.GroupNorm: statistics, scale, shift and the output in float32, rounded once at the end
+            frames = frames.float()
+        grouped = frames.view(b, num_frames, g, (c // g) * h * w)
         var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0, keepdim=True)  # (b, 1, g, 1)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, 1, g, c // g).to(var.dtype)  # (b, 1, g, c/g)
         shift = self.bias.view(1, 1, g, c // g).to(var.dtype) - mean * scale
-        scale, shift = scale.to(x.dtype).view(b, 1, c, 1), shift.to(x.dtype).view(b, 1, c, 1)
-        out = torch.addcmul(shift, x.reshape(b, num_frames, c, h * w), scale)
-        return out.view(bf, c, h, w)
+        out = torch.addcmul(shift.view(b, 1, c, 1), frames, scale.view(b, 1, c, 1))
+        return out.to(x.dtype).view(bf, c, h, w)
 
 
 class FrameGroupNorm(nn.GroupNorm):
