@@ -37,7 +37,7 @@ FRAMES_OUTPUT = 2  # index of the IMAGE output
 # the widgets in the order saved workflows list their values (the options schema gives their specs)
 REQUIRED_CHOICES = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level",
                     "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache")
-OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache")
+OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache", "compile")
 
 bridge.register_model_folder()
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from .compiled import CompiledCalls
 from .models.deepcache import DeepCacheState
 
 # The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
@@ -61,9 +62,11 @@ class LipSyncDenoiser:
     """Turns aligned faces + per-frame audio embeddings into lip-synced faces."""
 
     def __init__(self, unet: torch.nn.Module, vae: AutoencoderKL, scheduler_config: dict, mouth_mask: torch.Tensor,
-                 settings: DenoiseSettings, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 settings: DenoiseSettings, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 compiled: CompiledCalls | None = None):
         self.unet = unet
         self.vae = vae
+        self.compiled = compiled  # the compiled UNet call and VAE decode (``compile`` option), or None
         self.settings = settings
         self.device = torch.device(device)
         self.dtype = dtype
@@ -181,6 +184,7 @@ class LipSyncDenoiser:
         # A fresh DeepCache state per batch: chunks never reuse another batch's features.
         interval = self.settings.deepcache_interval
         cache = DeepCacheState(interval) if interval > 1 else None
+        unet = self.compiled.unet if self.compiled is not None and cache is None else self.unet
 
         # Nothing in this loop waits for the device (no value of it is read on the host): on CUDA the host queues
         # the steps ahead of the GPU. DDIM's scale_model_input is the identity.
@@ -189,7 +193,7 @@ class LipSyncDenoiser:
             model_input = torch.cat([latents, latents]) if self.guided else latents
             model_input = torch.cat([model_input, condition], dim=1)
             extra = {} if cache is None else {"deep_cache": cache.step(index)}  # off: the exact UNet call
-            noise = self.unet(model_input, t, encoder_hidden_states=audio, **extra)
+            noise = unet(model_input, t, encoder_hidden_states=audio, **extra)
             noise = getattr(noise, "sample", noise)
             if self.guided:
                 unconditional, conditional = noise.chunk(2)
@@ -208,7 +212,8 @@ class LipSyncDenoiser:
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
         batch = self.settings.vae_batch
-        return torch.cat([self.vae.decode(latents[i:i + batch]).sample for i in range(0, latents.shape[0], batch)])
+        decode = self.compiled.decode if self.compiled is not None else (lambda z: self.vae.decode(z).sample)
+        return torch.cat([decode(latents[i:i + batch]) for i in range(0, latents.shape[0], batch)])
 
 
 def normalised_faces(faces: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ class LipSyncModels:
     chunk_size: int
     _detectors: dict = field(default_factory=dict, repr=False)
     _attention: tuple | None = field(default=None, repr=False)  # (mode, lip_focus, backend name) in use
+    _compiled: dict = field(default_factory=dict, repr=False)  # (compile option, attention in use) -> CompiledCalls
 
     @classmethod
     def load(cls, version: str = LOAD["version"].default, checkpoint_dirs=None, *, unet_config=None,
@@ -89,6 +90,18 @@ class LipSyncModels:
             self._attention = (mode, lip_focus, backend.name)
             log.info("attention: %s (asked for %s)", backend.name, mode)
         return self._attention[2]
+
+    def compiled(self, option: str):
+        """The compiled UNet call and VAE decode for the ``compile`` option (None for "off"), made once per model
+        set and attention kernel, so later runs reuse the compiled code."""
+        from .compiled import compile_calls
+
+        if option == "off":
+            return None
+        key = (option, self._attention)
+        if key not in self._compiled:
+            self._compiled[key] = compile_calls(self.unet, self.vae, option, self.device)
+        return self._compiled[key]
 
     def face_detector(self, name: str):
         """The face detector ``name`` (created once per model set; never downloads anything)."""

@@ -20,6 +20,7 @@ MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save ho
 FACE_DETECTORS = ("auto", "insightface", "dlib")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 CODECS = ("h264", "ffv1")
+COMPILE_MODES = ("off", "on", "cudagraphs")
 DEEPCACHE_PUBLISHED_INTERVAL = 3  # what the published LatentSync's --enable_deepcache uses
 MEMORY_MODE_HELP = ("How hard to save host RAM when the audio outlasts the video: aggressive always keeps revisited "
                     "frames in a disk cache, conservative keeps them in RAM when they fit.")
@@ -152,6 +153,9 @@ RUN = _schema(
            min=0, max=10, toggle=(0, DEEPCACHE_PUBLISHED_INTERVAL),
            node_help=f"DeepCache: the full UNet every {DEEPCACHE_PUBLISHED_INTERVAL} steps (as published), the steps "
                      "between reuse its deep features. Faster; opt-in: changes the output."),
+    Option("compile", "compile", "--compile", "off", "Compile the UNet and the VAE decoder with torch.compile "
+           "(on; cudagraphs also captures CUDA graphs): faster after a first, slow compile that later runs reuse. "
+           "Equal to off within float tolerance, not bit for bit.", choices=COMPILE_MODES, changes_output=False),
     # how the video file is written (ComfyUI's Save Video node does its own)
     Option("codec", None, "--codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska "
            "(.mkv): large files whose frames decode to exactly what the pipeline made (masters, comparisons).",

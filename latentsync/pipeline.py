@@ -56,10 +56,10 @@ class LipSyncPipeline:
         report("audio features", 0, 1)
         features = self.models.audio_encoder.features(plan.samples)
         report("audio features", 1, 1)
+        wanted = self.options.attention
+        used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,
                            should_cancel=should_cancel)
-        wanted = self.options.attention
-        used = self.models.use_attention(wanted, self.options.lip_focus)
         if wanted not in ("auto", used):
             run.warn(f"{wanted} unavailable: attention_mode {wanted} does not run here, {used} runs instead (the "
                      "same result within float tolerance); verify_installation.py says why")

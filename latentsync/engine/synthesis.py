@@ -28,7 +28,7 @@ class Synthesis:
                                    vae_batch=memory.vae_batch, deepcache_interval=options.deepcache_interval)
         mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
         self.denoiser = LipSyncDenoiser(models.unet, models.vae, json.loads(SCHEDULER_CONFIG.read_text()), mask,
-                                        settings, models.device, models.dtype)
+                                        settings, models.device, models.dtype, models.compiled(options.compile))
 
     def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
         from ..audio import frame_windows
