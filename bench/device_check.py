@@ -1,0 +1,231 @@
+"""The first minutes on a GPU: checks, then speed, ours beside the published implementation. JSON out.
+
+    python bench/device_check.py [--published PATH] [--budget 450] [--out bench/results/device_check.json]
+    python bench/device_check.py --smoke     # the CPU, tiny models, seconds (what CI runs)
+
+Checks, on the full-size UNet of 1.6 with random weights (``--smoke``: the tiny test UNet on the CPU):
+- ``fp16_vs_fp32``: one guided UNet call in float16 against float32 on the same inputs (relative error);
+- ``attention``: every backend that runs here against standard in the run's dtype, and the one auto picks;
+- ``compiled_vs_eager``: the compiled path (inductor) against eager, with the first call's seconds (not in smoke).
+Speed at 256 and 512 px (LatentSync 1.5 and 1.6 sizes), one 16-frame chunk, guidance 1.5:
+- ``unet_call_ms``: one guided UNet call (2 x 16 frames), eager and compiled; the published UNet's, when ``--published``
+  names a checkout of the published LatentSync (imported in a child process from there, never copied here). Its
+  package imports more than its UNet needs (einops, matplotlib, torchvision built for this torch, ...): give
+  ``--published-python`` an interpreter with its requirements, or carry their wheels; a missing one is reported as
+  the child's last error line;
+- ``chunk_s``: one chunk through ``LipSyncDenoiser``, 20 steps, VAE encode and decode included; ``peak_vram_gb``.
+Sections that would end after ``--budget`` seconds are skipped (and say so). End to end frames/s, from decode to the
+encoded file, is ``bench/bench_speed.py``'s (it needs a face detector's models: ``--checkpoints``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from latentsync.attention import BACKENDS, availability, create_backend, relative_error  # noqa: E402
+from latentsync.checkpoints import SCHEDULER_CONFIG, get_version  # noqa: E402
+from latentsync.models.loading import load_unet_config  # noqa: E402
+from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
+from latentsync.tools import make_tiny_checkpoints as tiny  # noqa: E402
+from report import write_report  # noqa: E402
+
+FRAMES = 16
+SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                 "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+                 "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 32}
+# the published UNet, built from its own config with random weights and timed like ours (run from its checkout)
+PUBLISHED_UNET = """
+import json, sys, time, torch, yaml
+from latentsync.models.unet import UNet3DConditionModel
+config, resolution, device, steps_ms = yaml.safe_load(open(sys.argv[1]))["model"], int(sys.argv[2]), sys.argv[3], []
+dtype = torch.float16 if device == "cuda" else torch.float32
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+unet, _ = UNet3DConditionModel.from_pretrained(config, "", device=device)
+unet = unet.to(dtype).eval()
+lat = resolution // 8
+sample = torch.randn(2, 13, 16, lat, lat, device=device, dtype=dtype)
+audio = torch.randn(32, 50, config["cross_attention_dim"], device=device, dtype=dtype)
+with torch.no_grad():
+    for _ in range(4):
+        sync(); started = time.perf_counter()
+        unet(sample, torch.tensor(500, device=device), encoder_hidden_states=audio)
+        sync(); steps_ms.append((time.perf_counter() - started) * 1e3)
+print(json.dumps({"unet_call_ms": round(min(steps_ms[1:]), 2)}))
+"""
+
+
+class Clock:
+    def __init__(self, budget: float):
+        self.started, self.budget = time.perf_counter(), budget
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started)
+
+
+def unet_for(smoke: bool, device, dtype, version: str = "1.6") -> UNet3DConditionModel:
+    torch.manual_seed(0)
+    config = tiny.TINY_UNET if smoke else load_unet_config(get_version(version).unet_config)
+    return UNet3DConditionModel(**config).eval().requires_grad_(False).to(device, dtype)
+
+
+def inputs(unet, resolution: int, device, dtype) -> tuple:
+    generator = torch.Generator().manual_seed(1)
+    latent = resolution // 8
+    sample = torch.randn(2, 13, FRAMES, latent, latent, generator=generator)
+    audio = torch.randn(2 * FRAMES, 50, unet.config.cross_attention_dim, generator=generator)
+    return sample.to(device, dtype), torch.tensor(500, device=device), audio.to(device, dtype)
+
+
+def call_ms(function, device, reps: int = 3) -> float:
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(reps + 1):  # the first is a warm-up
+            sync(device)
+            started = time.perf_counter()
+            function()
+            sync(device)
+            best = min(best, time.perf_counter() - started)
+    return round(best * 1e3, 2)
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def checks(args, device, dtype, resolution: int) -> dict:
+    found = {}
+    unet = unet_for(args.smoke, device, torch.float32)
+    sample, t, audio = inputs(unet, resolution, device, torch.float32)
+    with torch.no_grad():
+        full = unet(sample, t, encoder_hidden_states=audio)
+        half = unet.to(torch.float16)(sample.half(), t, encoder_hidden_states=audio.half())
+    found["fp16_vs_fp32"] = {"rel_err": relative_error(half, full)}
+    unet = unet.to(dtype)
+    sample, audio = sample.to(dtype), audio.to(dtype)
+    rows = {}
+    with torch.no_grad():
+        unet.set_attention_backend(create_backend("standard", device, dtype))
+        reference = unet(sample, t, encoder_hidden_states=audio)
+        for name in BACKENDS:
+            ok, reason = availability(name, torch.device(device), dtype)
+            if not ok:
+                rows[name] = {"available": False, "reason": reason}
+                continue
+            unet.set_attention_backend(create_backend(name, device, dtype, strict=True))
+            rows[name] = {"available": True, "rel_err": relative_error(unet(sample, t, encoder_hidden_states=audio),
+                                                                       reference)}
+    found["attention"] = {"dtype": str(dtype), "auto": create_backend("auto", device, dtype).name, **rows}
+    return found
+
+
+def compiled_check(unet, sample, t, audio) -> dict:
+    from latentsync.compiled import StaticShapes
+
+    with torch.no_grad():
+        eager = unet(sample, t, encoder_hidden_states=audio)
+        call = StaticShapes(unet, "default", "the UNet")
+        started = time.perf_counter()
+        got = call(sample, t, encoder_hidden_states=audio)
+        sync(sample.device)
+        first = time.perf_counter() - started
+    return {"rel_err": relative_error(got, eager), "first_call_s": round(first, 2), "call": call}
+
+
+def chunk_seconds(unet, resolution: int, steps: int, smoke: bool, device, dtype) -> float:
+    from diffusers import AutoencoderKL
+
+    from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser
+    from latentsync.mask import load_mouth_mask
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**(tiny.TINY_VAE if smoke else SD_VAE_FT_MSE)).eval().requires_grad_(False).to(device, dtype)
+    settings = DenoiseSettings(steps=steps, guidance_scale=1.5, vae_batch=FRAMES)
+    mask = torch.from_numpy(load_mouth_mask(resolution).copy())
+    denoiser = LipSyncDenoiser(unet, vae, json.loads(SCHEDULER_CONFIG.read_text()), mask, settings, device, dtype)
+    generator = torch.Generator().manual_seed(2)
+    faces = torch.randint(0, 256, (FRAMES, 3, resolution, resolution), generator=generator, dtype=torch.uint8)
+    audio = torch.randn(FRAMES, 50, unet.config.cross_attention_dim, generator=generator)
+    denoiser.start()
+    denoiser.run([Chunk(faces, audio)])  # warm-up
+    sync(device)
+    started = time.perf_counter()
+    denoiser.run([Chunk(faces, audio)])
+    sync(device)
+    return round(time.perf_counter() - started, 3)
+
+
+def published_ms(args, resolution: int) -> dict:
+    if not args.published:
+        return {"skipped": "no --published checkout given"}
+    config = Path(args.published) / "configs" / "unet" / ("stage2_512.yaml" if resolution == 512 else "stage2.yaml")
+    env = {**os.environ, "PYTHONPATH": str(Path(args.published).resolve())}  # its own latentsync package, not ours
+    command = [args.published_python, "-c", PUBLISHED_UNET, str(config), str(resolution), args.device]
+    done = subprocess.run(command, env=env,
+                          cwd=args.published, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return {"failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speed(args, clock: Clock, device, dtype, resolution: int) -> dict:
+    if clock.left() < 60:
+        return {"skipped": "the time budget is spent"}
+    version = "1.6" if resolution == 512 else "1.5"
+    unet = unet_for(args.smoke, device, dtype, version)
+    unet.set_attention_backend(create_backend("auto", device, dtype))
+    sample, t, audio = inputs(unet, resolution, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    found = {"unet_call_ms": {"eager": call_ms(lambda: unet(sample, t, encoder_hidden_states=audio), device)}}
+    if not args.smoke and clock.left() > 240:
+        compiled = compiled_check(unet, sample, t, audio)
+        call = compiled.pop("call")
+        found["compiled_vs_eager"] = compiled
+        found["unet_call_ms"]["compiled"] = call_ms(lambda: call(sample, t, encoder_hidden_states=audio), device)
+    elif not args.smoke:
+        found["compiled_vs_eager"] = {"skipped": "the time budget is short"}
+    found["unet_call_ms"]["published"] = published_ms(args, resolution)
+    found["chunk_s"] = chunk_seconds(unet, resolution, args.steps, args.smoke, device, dtype)
+    if device.type == "cuda":
+        found["peak_vram_gb"] = round(torch.cuda.max_memory_allocated(device) / 1024 ** 3, 2)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the CPU, the tiny UNet, 2 steps: seconds")
+    parser.add_argument("--published", default=None, help="a checkout of the published LatentSync, run beside ours")
+    parser.add_argument("--published-python", default=sys.executable, help="the interpreter for the published code")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds; later sections are skipped")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "device_check.json"))
+    args = parser.parse_args(argv)
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    args.steps, args.device = (2 if args.smoke else 20), device.type
+    resolutions = (64, 128) if args.smoke else (256, 512)  # the tiny UNet's sizes stand for 256 and 512
+    clock = Clock(args.budget)
+    report = {"benchmark": "device check", "smoke": args.smoke, "device": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else platform.processor() or "cpu", "torch": torch.__version__,
+              "dtype": str(dtype), "steps": args.steps, "guidance": 1.5}
+    report["checks"] = checks(args, device, dtype, resolutions[0])
+    report["speed"] = {str(r): speed(args, clock, device, dtype, r) for r in resolutions}
+    report["seconds"] = round(time.perf_counter() - clock.started, 1)
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
