@@ -1,4 +1,4 @@
-"""What the exact classifier-free-guidance shortcut would save: UNet FLOPs of one guided call, counted.
+"""What the exact classifier-free-guidance shortcut saves: UNet FLOPs of one guided call, counted.
 
     python bench/bench_cfg_flops.py [--version 1.6] [--out bench/results/cfg_flops.json]
 
@@ -8,7 +8,8 @@ its output projection's bias (zero keys and values). Counted on the full-size UN
 device: nothing is computed) with ``torch.utils.flop_counter`` at 256 and 512 px, 16 frames:
 
 - ``shared_before_first_cross_attention``: conv_in, the first resnet and the first self-attention of one half;
-- ``unconditional_cross_attention``: every cross-attention of the unconditional half.
+- ``unconditional_cross_attention``: every cross-attention of the unconditional half (the engine computes them as
+  their output bias, ``GuidedAudio``: the same bits).
 
 Also checked on the CPU (tiny reference UNet, real weights): whether the part before the split gives the same bits
 at half the batch, which the shortcut needs to be bitwise equal to the full call. JSON out.

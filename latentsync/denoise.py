@@ -3,7 +3,8 @@
 Reproduces the published pipeline's math and its order of random draws exactly:
 one initial noise draw ``(1, 4, 1, h, w)`` shared by every frame; then per 16-frame chunk, first the sample of
 the masked faces' latent distribution, then the sample of the reference faces' one; DDIM (eta 0, no further
-draws); classifier-free guidance against all-zero audio when ``guidance_scale > 1``; mouth paste-back.
+draws); classifier-free guidance against all-zero audio when ``guidance_scale > 1`` (whose cross-attentions are
+exactly their output bias: ``GuidedAudio``); mouth paste-back.
 
 Several chunks may share one UNet call (``chunks_per_call``): the draws still happen chunk by chunk in order,
 so the result does not depend on batching.
@@ -21,6 +22,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from .compiled import CompiledCalls
 from .models.deepcache import DeepCacheState
+from .models.transformer import GuidedAudio
 
 # The reference hard-codes these for sd-vae-ft-mse, whatever the VAE's own config says.
 VAE_SCALING_FACTOR = 0.18215
@@ -178,7 +180,8 @@ class LipSyncDenoiser:
         audio = torch.cat([c["audio"] for c in batch])  # (n*F, T, d)
         if self.guided:
             condition = torch.cat([condition, condition])
-            audio = torch.cat([torch.zeros_like(audio), audio])
+            # the unconditional half's all-zero audio is not built: its cross-attention is exactly a bias (same bits)
+            audio = GuidedAudio(audio)
         latents = self.initial_noise.expand(n, -1, frames, -1, -1).clone()
 
         # A fresh DeepCache state per batch: chunks never reuse another batch's features.

@@ -174,3 +174,38 @@ def test_face_warp_in_float16_is_the_published_align_warp():
     in_float32 = FaceStage(None, resolution, roi_warp=False, warp_dtype=torch.float32)
     in_float32.locate(frames, anchors)
     assert not torch.equal(in_float32.crop(frames, track).faces, faces)
+
+
+# -- the exact CFG shortcut ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("attention", ["standard", "flash"])
+def test_unconditional_cross_attention_as_its_bias_is_the_same_bits(reference_dir, dtype, attention):
+    """A guided call with GuidedAudio (the unconditional half's cross-attentions are their output bias, never
+    computed) gives the bits of the full call with all-zero audio for that half: DeepCache off and on."""
+    from safetensors.torch import load_file
+
+    from latentsync.attention import create_backend
+    from latentsync.models.deepcache import DeepCacheState
+    from latentsync.models.loading import load_unet
+    from latentsync.models.transformer import GuidedAudio
+
+    tensors = load_file(str(reference_dir / "unet_tiny.safetensors"))
+    unet = load_unet(reference_dir / "unet_tiny.safetensors", reference_dir / "unet_tiny_config.json").eval()
+    unet = unet.to(dtype)
+    unet.set_attention_backend(create_backend(attention, "cpu", dtype, strict=True))
+    sample = tensors["sample"].to(dtype)  # two clips: the unconditional half and the conditional one
+    audio = tensors["audio"][len(tensors["audio"]) // 2:].to(dtype)
+    zeros_first = torch.cat([torch.zeros_like(audio), audio])
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+
+    with torch.no_grad():
+        full = unet(sample, 500, encoder_hidden_states=zeros_first)
+        short = unet(sample, 500, encoder_hidden_states=GuidedAudio(audio))
+        assert torch.equal(full.view(bits), short.view(bits))
+        cached_full, cached_short = DeepCacheState(3), DeepCacheState(3)
+        for index, t in enumerate((900, 500, 100)):  # a full step, then two cached ones
+            full = unet(sample, t, encoder_hidden_states=zeros_first, deep_cache=cached_full.step(index))
+            short = unet(sample, t, encoder_hidden_states=GuidedAudio(audio), deep_cache=cached_short.step(index))
+            assert torch.equal(full.view(bits), short.view(bits)), index

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention_layers import Attention, FeedForward
+
+
+@dataclass(frozen=True)
+class GuidedAudio:
+    """The audio of a classifier-free-guidance batch whose first half is unconditional (all-zero audio) and whose
+    second half has ``conditional`` (one row per frame of that half). An all-zero context makes a cross-attention's
+    keys and values zero (its projections have no bias), so its output is exactly its output projection's bias: the
+    unconditional half's cross-attention is that bias, and only the conditional half's is computed."""
+
+    conditional: torch.Tensor
 
 
 class BasicTransformerBlock(nn.Module):
@@ -28,7 +40,12 @@ class BasicTransformerBlock(nn.Module):
         """``x``: (B*F, H*W, dim) tokens of each frame; ``audio``: (B*F, S, cross_attention_dim) or None."""
         # Each sub-layer returns a fresh tensor, so the residual is added in place.
         x = self.attn1(self.norm1(x), hw=hw).add_(x)
-        if self.attn2 is not None and audio is not None:
+        if self.attn2 is not None and isinstance(audio, GuidedAudio):
+            half = len(x) // 2
+            conditional = self.attn2(self.norm2(x[half:]), audio.conditional, hw=hw)
+            unconditional = self.attn2.to_out[0].bias.expand_as(conditional)
+            x = torch.cat([unconditional, conditional]).add_(x)
+        elif self.attn2 is not None and audio is not None:
             x = self.attn2(self.norm2(x), audio, hw=hw).add_(x)
         return self.ff(self.norm3(x)).add_(x)
 

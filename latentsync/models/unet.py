@@ -20,6 +20,7 @@ from .attention_layers import Attention
 from .deepcache import DeepCacheState
 from .embeddings import TimestepEmbedding, timestep_features
 from .resnet import ClipGroupNorm, FrameGroupNorm
+from .transformer import GuidedAudio
 from .unet_blocks import DOWN_BLOCKS, UP_BLOCKS, BlockSettings, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
 
 
@@ -149,16 +150,22 @@ class UNet3DConditionModel(nn.Module):
                 encoder_hidden_states: torch.Tensor | None = None,
                 deep_cache: DeepCacheState | None = None) -> torch.Tensor:
         """``sample``: (B, in_channels, F, H, W); ``timestep``: scalar or (B,); ``encoder_hidden_states``: audio
-        embeddings (B*F, S, cross_attention_dim) or (B, F, S, cross_attention_dim). Returns (B, out, F, H, W).
+        embeddings (B*F, S, cross_attention_dim) or (B, F, S, cross_attention_dim), or ``GuidedAudio`` of the second
+        half's frames when the first half is guidance's unconditional one. Returns (B, out, F, H, W).
         ``deep_cache``: opt-in DeepCache (see ``deepcache.py``; changes the output); None runs the exact UNet."""
         b, c, num_frames, h, w = sample.shape
         audio = encoder_hidden_states
+        guided = isinstance(audio, GuidedAudio)  # the first half of the batch has all-zero audio
+        if guided:
+            audio = audio.conditional
         if audio is not None and audio.dim() == 4:
             audio = audio.reshape(-1, *audio.shape[2:])
-        if audio is not None and audio.shape[0] != b * num_frames:
+        frames = b * num_frames // 2 if guided else b * num_frames
+        if audio is not None and audio.shape[0] != frames:
             raise ValueError(f"audio embeddings cover {audio.shape[0]} frames, the latents {b}x{num_frames}")
         if audio is not None:
             audio = audio.to(self.dtype)
+            audio = GuidedAudio(audio) if guided else audio
         sample = sample.to(self.dtype)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
