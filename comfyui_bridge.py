@@ -373,8 +373,9 @@ def links_match(node_class, input_types: dict) -> bool | str:
     validation = _comfy_import("comfy_execution.validation")
     if validation is None:
         return True
-    declared = {name: spec[0] for group in node_class.INPUT_TYPES().values() for name, spec in group.items()
-                if isinstance(spec, tuple)}
+    from .comfyui_graph import declared_inputs
+
+    declared = declared_inputs(node_class)
     for name, received in input_types.items():
         wanted = declared.get(name)
         if isinstance(wanted, str) and not validation.validate_node_input(received, wanted):

@@ -59,10 +59,14 @@ def cache_key_inputs(prompt: dict, node_classes: dict) -> dict:
         node_class = node_classes.get((node or {}).get("class_type"))
         if node_class is None or not isinstance(node.get("inputs"), dict):
             continue
-        declared = set()
-        for group in node_class.INPUT_TYPES().values():
-            declared.update(group)
+        declared = declared_inputs(node_class)
         node["inputs"] = {name: value for name, value in node["inputs"].items() if name in declared}
         if len(node_class.RETURN_TYPES) > 1:
             node["inputs"][WIRING_KEY] = ",".join(map(str, sorted(wired.get(str(node_id), ()))))  # never a link
     return prompt
+
+
+def declared_inputs(node_class) -> dict[str, object]:
+    """Input name -> its declared type (``INPUT_TYPES``: required, optional and hidden alike)."""
+    return {name: spec[0] if isinstance(spec, tuple) else spec
+            for group in node_class.INPUT_TYPES().values() for name, spec in group.items()}

@@ -15,7 +15,6 @@ from .options import LOAD, RUN, Option
 from .paths import check_not_an_input, check_output_name, writable_folder
 
 CHOICES = (*LOAD.values(), *RUN.values())  # what a run lets the user choose: every one of them has a flag
-FLAGS = {option.field: option.flag for option in CHOICES}  # error sentences name what the user typed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,18 +49,6 @@ def _help(option: Option) -> str:
 def read_choices(args) -> dict:
     """Option field -> its checked value, from the flags as typed; a sentence naming the flag otherwise."""
     return {option.field: option.parse(getattr(args, option.field), option.flag) for option in CHOICES}
-
-
-def model_choice(args, values: dict):
-    from .model_set import ModelChoice
-
-    return ModelChoice(values["version"], values["precision"], args.checkpoints, args.unet_config, args.device)
-
-
-def pipeline_options(values: dict):
-    from .options import PipelineOptions
-
-    return PipelineOptions(**{name: values[name] for name in RUN})
 
 
 class TqdmProgress:
@@ -262,11 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             values = check_arguments(args)  # before torch is imported or a weight is read: a typo fails at once
+            from .model_set import ModelChoice
+            from .options import pipeline_options
             from .pipeline import LipSyncPipeline
 
             options = pipeline_options(values)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            models = model_choice(args, values).load(progress)
+            models = ModelChoice.of(values, args.checkpoints, args.unet_config, args.device).load(progress)
             result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()

@@ -15,14 +15,12 @@ from pathlib import Path
 from .checkpoints import VERSIONS
 from .errors import JobsFileError
 from .model_set import ModelChoice
-from .options import LOAD, RUN, PipelineOptions, output_fields
+from .options import LOAD, RUN, PipelineOptions, output_fields, pipeline_options
 from .paths import check_not_an_input, check_output_name
 
 JOB_FIELDS = ("video", "audio", "output")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COLUMNS = {option.column: option for option in (*LOAD.values(), *RUN.values()) if option.column is not None}
-
-
 
 
 @dataclass
@@ -51,8 +49,8 @@ def settle(job: Job, defaults: dict, paths: dict) -> Job:
     for column, raw in job.cells.items():
         option = COLUMNS[column]
         values[option.field] = option.parse(raw, f"{job.where}, column {column}")
-    job.models = ModelChoice(values["version"], values["precision"], **paths)
-    job.options = PipelineOptions(**{name: values[name] for name in RUN})
+    job.models = ModelChoice.of(values, **paths)
+    job.options = pipeline_options(values)
     check_output_name(job.output, job.options.codec, f"{job.where}: output")
     return job
 

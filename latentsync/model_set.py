@@ -126,6 +126,11 @@ class ModelChoice:
     def __post_init__(self):
         check_all(LOAD, {"version": self.version, "precision": self.precision})
 
+    @classmethod
+    def of(cls, values: dict, checkpoints=None, unet_config=None, device=None) -> "ModelChoice":
+        """The choice among checked option values (field -> value) and the weights' paths and device."""
+        return cls(values["version"], values["precision"], checkpoints, unet_config, device)
+
     def load(self, progress: Progress | None = None) -> LipSyncModels:
         """The models, with the version's face size (a test set's yaml may say another)."""
         return LipSyncModels.load(self.version, self.checkpoints, unet_config=self.unet_config, device=self.device,

@@ -204,6 +204,11 @@ PipelineOptions = make_dataclass(
 PipelineOptions.__module__ = __name__  # pickled by name (Ray workers)
 
 
+def pipeline_options(values: Mapping[str, Any]) -> "PipelineOptions":
+    """The run options among checked option values (field -> value, e.g. from ``Option.parse``)."""
+    return PipelineOptions(**{name: values[name] for name in RUN})
+
+
 def output_fields() -> tuple[str, ...]:
     """The fields whose values decide an output's pixels and file (with the weights themselves)."""
     return tuple(option.field for option in (*LOAD.values(), *RUN.values()) if option.changes_output)

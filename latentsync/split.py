@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .engine.align import FaceAligner
+from .engine.align import FaceAligner, run_aligner
 from .engine.control import Progress, RunBatches, check_cancel, spans
 from .engine.plan import frames_to_track as _frames_to_track
 from .engine.plan import plan_run, speech_frames
@@ -99,9 +99,7 @@ def plan_split(models, options, video, audio, *, fps: float | None = None, progr
     smoothing is left to do then, and no frame is decoded."""
     plan = plan_run(models, options, video, audio, fps)
     count = plan.frames_to_track
-    detector = models.face_detector(options.detector) if anchors is None else None
-    aligner = FaceAligner(FaceStage(detector, models.resolution, device=models.device, face=options.face),
-                          RunBatches(plan.memory))
+    aligner = run_aligner(models, options, RunBatches(plan.memory), detect=anchors is None)
     if anchors is None:
         track = _detected_track(plan, aligner, count, progress or (lambda *_: None), should_cancel)
     else:

@@ -55,6 +55,13 @@ class FaceAligner:
                          lambda error: self.batches.shrink("face", error))
 
 
+def run_aligner(models, options, batches: RunBatches, detect: bool = True) -> FaceAligner:
+    """The aligner of a run of ``models`` with ``options``: detecting (or, ``detect`` False, fitting given anchors
+    or a known track only), with the run's face choice."""
+    detector = models.face_detector(options.detector) if detect else None
+    return FaceAligner(FaceStage(detector, models.resolution, device=models.device, face=options.face), batches)
+
+
 def _joined(parts: list):
     return parts[0] if len(parts) == 1 else type(parts[0]).concatenate(parts)
 

@@ -34,7 +34,7 @@ class PingPongAlign:
             frames = None if in_ram else stack.enter_context(
                 FrameStore(count, (plan.height, plan.width, 3), on_disk, self.cache_dir))
             crops = stack.enter_context(FrameStore(count, (3, res, res), on_disk, self.cache_dir))
-            geometry = self._record(pool, frames, crops)
+            affine, has_face, anchors = self._record(pool, frames, crops)
             for start, stop in spans(plan.first, plan.stop, plan.group_frames):
                 self.control.check()
                 indices = [pingpong_index(i, count) for i in range(start, stop)]
@@ -42,7 +42,6 @@ class PingPongAlign:
                     buffer = pool.allocate((plan.group_frames, plan.height, plan.width, 3))[:len(indices)]
                     batch = plan.source.at(indices, buffer) if in_ram else frames.read(indices, buffer)
                     crop = torch.from_numpy(crops.read(indices)).to(self.aligner.faces.device)
-                affine, has_face, anchors = geometry
                 aligned = AlignedBatch(crop, affine[indices], has_face[indices], anchors[indices])
                 self.frames_with_face += int(aligned.has_face.sum())
                 yield Group(start, batch, aligned)

@@ -14,7 +14,7 @@ import torch
 
 from ..face import FaceStage, no_face_error
 from ..memory_limiter import MemoryPlan, log_memory
-from .align import FaceAligner, StreamedAlign
+from .align import StreamedAlign, run_aligner
 from .control import Progress, RunBatches, RunControl
 from .pingpong import PingPongAlign
 from .plan import RunPlan
@@ -52,9 +52,7 @@ class SyncedFrames:
         self.plan, self.overlap = plan, overlap
         self.control = RunControl(progress, should_cancel)
         self.batches = RunBatches(plan.memory)
-        faces = FaceStage(None if plan.track is not None else models.face_detector(options.detector),
-                          models.resolution, device=models.device, face=options.face)
-        self.aligner = FaceAligner(faces, self.batches)
+        self.aligner = run_aligner(models, options, self.batches, detect=plan.track is None)
         self.align = (PingPongAlign(plan, self.aligner, self.control, options.cache_dir) if plan.revisits
                       else StreamedAlign(plan, self.aligner, self.control))
         self.synthesis = Synthesis(models, options, plan, features, self.batches, self.control)
