@@ -401,8 +401,19 @@ def audio_seconds(audio) -> float:
     return shape[-1] / rate
 
 
+def placed_audio(audio, delay: float | None, seconds: float):
+    """The AUDIO of an output: the speech as it is (``delay`` None), or after ``delay`` seconds of silence and
+    padded with silence to ``seconds`` (the library's ``RunResult.audio_delay``)."""
+    if delay is None:
+        return audio
+    from .latentsync.audio import placed
+
+    return {**audio, "waveform": placed(audio["waveform"], int(audio["sample_rate"]), delay, seconds)}
+
+
 class FrameCollector:
-    """frame_sink -> one preallocated float32 IMAGE tensor (no list of frames, no second copy)."""
+    """frame_sink (or mask_sink) -> one preallocated float32 IMAGE (or MASK) tensor (no list of frames, no second
+    copy)."""
 
     def __init__(self, expected: int):
         self.expected = max(1, expected)

@@ -18,7 +18,6 @@ set's), LATENTSYNC_OUTPUT_DIR (where results go when ComfyUI is not running).
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 from . import comfyui_bridge as bridge
@@ -33,11 +32,12 @@ SEARCH_ALIASES = ["lip sync", "lipsync", "lip-sync", "talking head", "dubbing", 
 MODEL_TYPE = "LATENTSYNC_MODEL"
 MODEL_VERSIONS = {f"{name} ({version.resolution} px)": name for name, version in VERSIONS.items()}
 OUTPUT_MODES = ["auto", "video_file", "frames"]
-FRAMES_OUTPUT = 2  # index of the IMAGE output
+FRAMES_OUTPUT, MASK_OUTPUT = 2, 3  # indexes of the IMAGE and MASK outputs
 # the widgets in the order saved workflows list their values (the options schema gives their specs)
 REQUIRED_CHOICES = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level",
                     "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache")
-OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache", "compile")
+OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start",
+                    "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context")
 
 bridge.register_model_folder()
 
@@ -103,17 +103,22 @@ class LatentSyncLipSync:
 
     CATEGORY = CATEGORY
     FUNCTION = "lipsync"
-    RETURN_TYPES = ("VIDEO", "AUDIO", "IMAGE")
-    RETURN_NAMES = ("video", "audio", "frames")
+    RETURN_TYPES = ("VIDEO", "AUDIO", "IMAGE", "MASK")
+    RETURN_NAMES = ("video", "audio", "frames", "mouth_mask")
     OUTPUT_TOOLTIPS = ("The lip-synced video with the speech as its sound: connect SaveVideo to keep it.",
-                       "The speech, passed through.",
+                       "The output's sound: the speech (after silence up to audio_start, padded with silence where "
+                       "the video is kept longer).",
                        "Every output frame as IMAGE, only when asked for (output_mode frames, or auto with this "
-                       "output connected): a long clip takes a lot of RAM this way.")
+                       "output connected): a long clip takes a lot of RAM this way.",
+                       "Where each output frame's pixels were generated (1 = the new mouth, 0 = the video's own "
+                       "pixels): for compositing and grading. Made only when connected; it takes RAM as frames do.")
     OUTPUT_NODE = True
     DESCRIPTION = ("Lip sync / dubbing: makes a talking head's mouth follow new speech (LatentSync; exact published "
                    "outputs, flat memory). "
                    "Connect a VIDEO (streamed from its file) or IMAGE frames with their fps. The output lasts as long "
-                   "as the audio: a longer audio plays the video forward and back.")
+                   "as the audio: a longer audio plays the video forward and back (when_audio_is_longer). For "
+                   "dubbing, audio_start places the speech inside the video and when_video_is_longer keep keeps "
+                   "the rest of it.")
     SEARCH_ALIASES = SEARCH_ALIASES
 
     @classmethod
@@ -153,45 +158,53 @@ class LatentSyncLipSync:
         options = PipelineOptions.from_node(choices, hard_vram_cap=not bridge.inside_comfyui())
         want_frames = output_mode == "frames" or (
             output_mode == "auto" and graph.output_is_wired(prompt, unique_id, FRAMES_OUTPUT))
+        want_mask = graph.output_is_wired(prompt, unique_id, MASK_OUTPUT)
         path, filename, subfolder = bridge.new_video_path() if output_mode != "frames" else (None, None, None)
         progress = bridge.NodeProgress(unique_id)
         with bridge.video_frames(video, images, fps) as (frames_in, frame_rate), bridge.named_as_chosen(frames_in):
-            collector = _frame_collector(want_frames, audio, frames_in, frame_rate)
+            collector, masks = _collectors(want_frames, want_mask, options, audio, frames_in, frame_rate)
             try:
                 progress("models to the device", 0, 1)
                 with model.in_use(release_after=options.memory_mode == "aggressive") as models:
                     result = LipSyncPipeline(models, options).run(
                         frames_in, audio, path, fps=frame_rate, progress=progress,
-                        should_cancel=bridge.interrupted, frame_sink=collector)
+                        should_cancel=bridge.interrupted, frame_sink=collector, mask_sink=masks)
             except Cancelled as error:
                 bridge.raise_interrupted(error)
         progress.finish(bridge.outcome(result), result.warnings)
         bridge.RESULTS.keep(unique_id, path)  # and the node's earlier result, no longer served, is removed
         frames = collector.result() if collector is not None else bridge.blocked(
             "LatentSync Lip Sync returns frames only when asked for: set its output_mode to frames or auto")
-        video_out = bridge.video_output(path, frames if collector is not None else None, audio, result.fps)
-        return {"ui": bridge.video_preview(filename, subfolder), "result": (video_out, audio, frames)}
+        mouth_mask = masks.result() if masks is not None else bridge.blocked(
+            "LatentSync Lip Sync makes mouth_mask only when that output is connected")
+        sound = bridge.placed_audio(audio, result.audio_delay, float(result.num_frames / result.fps))
+        video_out = bridge.video_output(path, frames if collector is not None else None, sound, result.fps)
+        return {"ui": bridge.video_preview(filename, subfolder), "result": (video_out, sound, frames, mouth_mask)}
 
 
-def _frame_collector(wanted: bool, audio, frames_in, frame_rate):
-    """The IMAGE collector when frames are asked for, after checking that they fit in RAM (one clear sentence
-    before any work, rather than a machine that swaps for minutes)."""
-    if not wanted:
-        return None
+def _collectors(want_frames: bool, want_mask: bool, options, audio, frames_in, frame_rate) -> tuple:
+    """The IMAGE and MASK collectors asked for (None for the others), after checking that they fit in RAM (one
+    clear sentence before any work, rather than a machine that swaps for minutes)."""
+    if not (want_frames or want_mask):
+        return None, None
     from .latentsync.memory_limiter import frames_ram_shortfall
+    from .latentsync.timeline import expected_frames
     from .latentsync.video import probe_video
 
-    if frame_rate is None:  # a file: its own size and rate
+    if frame_rate is None:  # a file: its own size, length and rate
         info = probe_video(frames_in)
-        height, width, frame_rate = info.height, info.width, float(info.fps)
+        height, width, count, frame_rate = info.height, info.width, info.num_frames, info.fps
     else:
-        height, width = int(frames_in.shape[1]), int(frames_in.shape[2])
-    count = math.ceil(bridge.audio_seconds(audio) * frame_rate)
-    shortfall = frames_ram_shortfall(count, height, width)
+        count, height, width = (int(size) for size in frames_in.shape[:3])
+    count = expected_frames(options, count, frame_rate, bridge.audio_seconds(audio))
+    wanted = [name for name, wanted in (("frames", want_frames), ("mouth_mask", want_mask)) if wanted]
+    shortfall = frames_ram_shortfall(count, height, width, channels=3 * want_frames + want_mask)
     if shortfall:
-        raise MemoryError(f"the frames output would take {shortfall}: disconnect frames and use the video output, or "
-                          "set output_mode to video_file")
-    return bridge.FrameCollector(count + 1)
+        raise MemoryError(f"the {' and '.join(wanted)} output would take {shortfall}: disconnect "
+                          f"{' and '.join(wanted)} and use the video output"
+                          + (", or set output_mode to video_file" if want_frames else ""))
+    return (bridge.FrameCollector(count + 1) if want_frames else None,
+            bridge.FrameCollector(count + 1) if want_mask else None)
 
 
 NODE_CLASS_MAPPINGS = {"LatentSyncModelLoader": LatentSyncModelLoader, "LatentSyncLipSync": LatentSyncLipSync}

@@ -71,7 +71,7 @@ class JobRunner:
         from .split import frames_to_track
 
         _require_inputs(job)
-        return frames_to_track(job.video, job.audio)
+        return frames_to_track(job.options, job.video, job.audio)
 
     def detect_faces(self, job: Job, start: int, stop: int):
         """The detections of frames start .. stop - 1 of the job's video."""

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from .compiled import CompiledCalls
+from .mask import feathered
 from .models.deepcache import DeepCacheState
 from .models.transformer import GuidedAudio
 
@@ -41,6 +42,9 @@ class DenoiseSettings:
     # whole UNet runs on steps 0, N, 2N, ... of each chunk batch, the steps between reuse its deep features.
     # The published LatentSync's --enable_deepcache is N = 3. 0 or 1 = off (exact).
     deepcache_interval: int = 0
+    # pixels over which the generated mouth fades into the original face in the final blend (0 = the published
+    # hard blend); what the UNet sees never changes
+    mouth_feather: int = 0
 
     def __post_init__(self):  # the user's values come checked (PipelineOptions); these are the engine's own
         if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
@@ -78,7 +82,9 @@ class LipSyncDenoiser:
         self.resolution = int(mouth_mask.shape[-1])
         self.latent_size = self.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
         # mask: (3, R, R), 0 on the mouth; the UNet gets channel 0 at latent size (nearest), like the reference.
-        self.pixel_mask = mouth_mask.to(self.device, dtype)
+        # the final blend's: the same mask, or its edge feathered (``mouth_feather``)
+        self.paste_mask = torch.from_numpy(feathered(mouth_mask.cpu().numpy(), settings.mouth_feather)).to(
+            self.device, dtype)
         self.float_mask = mouth_mask.to(self.device, torch.float32)  # the masked faces are made in float32
         self.latent_mask = F.interpolate(mouth_mask[None, :1].float(), size=(self.latent_size,) * 2)[0].to(
             self.device, dtype)
@@ -209,7 +215,7 @@ class LipSyncDenoiser:
         for i, cond in enumerate(batch):
             decoded = self._decode(latents[i].permute(1, 0, 2, 3))
             # keep the generated mouth (mask 0), the original face elsewhere
-            outputs.append(decoded * (1 - self.pixel_mask) + cond["pixels"] * self.pixel_mask)
+            outputs.append(decoded * (1 - self.paste_mask) + cond["pixels"] * self.paste_mask)
         return outputs
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,27 @@ def open_source(video, fps: float | None = None) -> FrameSource:
     return ArraySource(video, fps)
 
 
+def frames_from(source: FrameSource, start: int) -> FrameSource:
+    """The source's frames from ``start`` on, as a source of its own (nothing copied)."""
+    if start == 0:
+        return source
+    if isinstance(source, ArraySource):
+        return ArraySource(source.frames[start:], source.fps)
+    return _Later(source, start)
+
+
+class _Later:
+    """A FrameSource's frames from ``start`` on."""
+
+    def __init__(self, source: FrameSource, start: int):
+        self.source, self.start = source, start
+        self.fps, self.height, self.width = source.fps, source.height, source.width
+        self.num_frames = source.num_frames - start
+
+    def batches(self, batch_size: int, allocate: Allocate | None = None, start: int = 0) -> Iterator[np.ndarray]:
+        return self.source.batches(batch_size, allocate, self.start + start)
+
+
 def frames_between(source: FrameSource, start: int, stop: int, size: int,
                    allocate: Allocate | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(index of its first frame, batch) of at most ``size`` frames from ``start`` up to ``stop`` (or the source's

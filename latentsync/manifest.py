@@ -116,12 +116,23 @@ def is_complete(job: Job, record: dict | None) -> bool:
 
     if record is None or record.get("video") != str(job.video) or record.get("audio") != str(job.audio):
         return False
-    if record.get("settings") != job.settings():  # the row was edited (or the record predates settings): redo it
+    if not same_settings(record.get("settings"), job.settings()):  # the row was edited: redo it
         return False
     try:
         return job.output.is_file() and count_frames(job.output) == record.get("frames")
     except MediaError:
         return False
+
+
+def same_settings(recorded: dict | None, settings: dict) -> bool:
+    """Whether a record's settings are ``settings``; an option the record predates counts as its default (which is
+    what made that output), so a new option does not redo finished work."""
+    from .options import LOAD, RUN
+
+    if recorded is None or set(recorded) - set(settings):
+        return False
+    defaults = {option.field: option.default for option in (*LOAD.values(), *RUN.values())}
+    return all(recorded.get(name, defaults.get(name, recorded)) == value for name, value in settings.items())
 
 
 def job_record(job: Job, **fields) -> dict:

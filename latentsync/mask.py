@@ -37,3 +37,29 @@ def mouth_region(path: str | Path | None = None):
     if image is None:
         raise FileNotFoundError(f"mouth mask image not found or unreadable: {path or MASK_PATH}")
     return torch.from_numpy(image < 128)
+
+
+def feathered(mask: np.ndarray, feather: int) -> np.ndarray:
+    """``mask`` (C, R, R) with its mouth edge softened over ``feather`` pixels on each side: a smooth ramp from the
+    original face to the generated mouth across the edge; pixels farther than ``feather`` from the edge keep their
+    value. 0 returns ``mask`` itself (the published hard blend)."""
+    import cv2
+
+    if feather <= 0:
+        return mask
+    mouth = (mask[0] < 0.5).astype(np.uint8)
+    # distance of each pixel centre to the nearest pixel of the other side; the edge lies half a pixel in between
+    inside = cv2.distanceTransform(mouth, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - mouth, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    signed = np.where(mouth > 0, inside - 0.5, 0.5 - outside)  # > 0 inside the mouth
+    ramp = np.clip((signed + feather) / (2.0 * feather), 0.0, 1.0)
+    mouth_weight = ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no kink where the ramp meets the flat parts
+    near = np.abs(signed) < feather
+    result = mask.copy()
+    result[:, near] = (1.0 - mouth_weight[near]).astype(mask.dtype)
+    return result
+
+
+def mouth_weight(resolution: int, feather: int = 0) -> np.ndarray:
+    """The generated mouth's weight (R, R) in the final blend of a face crop: 1 - the (feathered) mask."""
+    return 1.0 - feathered(load_mouth_mask(resolution), feather)[0]

@@ -152,10 +152,10 @@ FRAMES_RAM_SHARE = 0.8  # frames kept in RAM for a host (ComfyUI's IMAGE) may ta
 
 
 def frames_ram_shortfall(count: int, height: int, width: int, bytes_per_value: int = 4,
-                         share: float = FRAMES_RAM_SHARE) -> str | None:
-    """None when ``count`` float32 RGB frames fit in ``share`` of the available RAM; else how much they would take
-    and how much is free, as words for a sentence."""
-    need, available = count * height * width * 3 * bytes_per_value, psutil.virtual_memory().available
+                         share: float = FRAMES_RAM_SHARE, channels: int = 3) -> str | None:
+    """None when ``count`` float32 frames of ``channels`` (3: RGB; 4: RGB and a mask) fit in ``share`` of the
+    available RAM; else how much they would take and how much is free, as words for a sentence."""
+    need, available = count * height * width * channels * bytes_per_value, psutil.virtual_memory().available
     if need <= share * available:
         return None
     return (f"{need / GB:.1f} GB of RAM ({count} frames of {width}x{height}) and {available / GB:.1f} GB are free")

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from .attention.registry import NAMES as ATTENTION_MODES
 from .checkpoints import VERSIONS
+from .timeline import AUDIO_LONGER, VIDEO_LONGER
 
 OPTIMIZATION_LEVELS = ("conservative", "balanced", "aggressive")
 MEMORY_MODES = ("aggressive", "balanced", "conservative")  # how hard to save host RAM
@@ -21,6 +22,7 @@ FACE_DETECTORS = ("auto", "insightface", "dlib")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 CODECS = ("h264", "ffv1")
 COMPILE_MODES = ("off", "on", "cudagraphs")
+AUDIO_CONTEXTS = ("windows", "seamless")
 DEEPCACHE_PUBLISHED_INTERVAL = 3  # what the published LatentSync's --enable_deepcache uses
 MEMORY_MODE_HELP = ("How hard to save host RAM when the audio outlasts the video: aggressive always keeps revisited "
                     "frames in a disk cache, conservative keeps them in RAM when they fit.")
@@ -156,6 +158,22 @@ RUN = _schema(
     Option("compile", "compile", "--compile", "off", "Compile the UNet and the VAE decoder with torch.compile "
            "(on; cudagraphs also captures CUDA graphs): faster after a first, slow compile that later runs reuse. "
            "Equal to off within float tolerance, not bit for bit.", choices=COMPILE_MODES, changes_output=False),
+    # dubbing: where the speech goes, what fills the rest, how the mouth meets the face (each opt-in)
+    Option("audio_start", "audio_start", "--audio-start", 0.0, "Seconds into the video where the speech begins: the "
+           "frames before pass through unchanged, and the synced part is what a run on the video cut there makes.",
+           float, min=0.0, max=86400.0, step=0.01),
+    Option("when_video_is_longer", "when_video_is_longer", "--when-video-is-longer", "cut", "cut: the output ends "
+           "with the speech (published). keep: the rest of the video follows unchanged, the speech padded with "
+           "silence.", choices=VIDEO_LONGER),
+    Option("when_audio_is_longer", "when_audio_is_longer", "--when-audio-is-longer", "pingpong", "How the video "
+           "goes on when the speech outlasts it: pingpong plays it backward and forward (published), loop restarts "
+           "it, hold repeats its last frame.", choices=AUDIO_LONGER),
+    Option("mouth_feather", "mouth_feather", "--mouth-feather", 0, "Pixels (in the face crop) over which the "
+           "generated mouth fades into the face in the final blend; 0 = the published hard edge. The model's input "
+           "does not change.", int, min=0, max=64),
+    Option("audio_context", "audio_context", "--audio-context", "windows", "windows: the published audio features "
+           "(Whisper on consecutive 30 s windows; a jump at each edge). seamless: overlapping windows cross-faded, "
+           "no jump; the same features for speech of 30 s or less.", choices=AUDIO_CONTEXTS),
     # how the video file is written (ComfyUI's Save Video node does its own)
     Option("codec", None, "--codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska "
            "(.mkv): large files whose frames decode to exactly what the pipeline made (masters, comparisons).",

@@ -43,23 +43,27 @@ class LipSyncPipeline:
         self.overlap = overlap  # False: the same stages one after another in the caller's thread (a baseline)
 
     def frames(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
-               should_cancel: Callable[[], bool] | None = None, segment: split.Segment | None = None) -> SyncedFrames:
+               should_cancel: Callable[[], bool] | None = None, segment: split.Segment | None = None,
+               mask_sink: Callable[[np.ndarray], None] | None = None) -> SyncedFrames:
         """Start lip-syncing ``video`` (a path, a FrameSource, or (N, H, W, 3) frames at ``fps``) to ``audio`` (a
         path, a ComfyUI AUDIO dict or (waveform, rate)): probes the inputs, computes the audio features and plans
-        the memory; iterating the result yields the synced uint8 (n, H, W, 3) batches in order.
+        the memory; iterating the result yields the output's uint8 (n, H, W, 3) batches in order (the video's own
+        frames where the options keep them before or after the speech).
 
-        ``segment`` (from ``plan_split``): only those output frames, equal to the same frames of the whole run."""
+        ``segment`` (from ``plan_split``): only those output frames, equal to the same frames of the whole run.
+        ``mask_sink``: given each batch's mouth mask, uint8 (n, H, W) (255 = the generated mouth), before it."""
         started = time.perf_counter()
         report = progress or (lambda *_: None)
         report("read video and audio", 0, 1)
         plan = plan_run(self.models, self.options, video, audio, fps, segment)
         report("audio features", 0, 1)
-        features = self.models.audio_encoder.features(plan.samples)
+        features = self.models.audio_encoder.features(plan.samples,
+                                                      seamless=self.options.audio_context == "seamless")
         report("audio features", 1, 1)
         wanted = self.options.attention
         used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,
-                           should_cancel=should_cancel)
+                           should_cancel=should_cancel, mask_sink=mask_sink)
         if wanted not in ("auto", used):
             run.warn(f"{wanted} unavailable: attention_mode {wanted} does not run here, {used} runs instead (the "
                      "same result within float tolerance); verify_installation.py says why")
@@ -74,8 +78,8 @@ class LipSyncPipeline:
                                 should_cancel=should_cancel, anchors=anchors)
 
     def frames_to_track(self, video, audio, *, fps: float | None = None) -> int:
-        """``latentsync.split.frames_to_track``."""
-        return split.frames_to_track(video, audio, fps)
+        """``latentsync.split.frames_to_track`` with these options."""
+        return split.frames_to_track(self.options, video, audio, fps)
 
     def detect_faces(self, video, start: int, stop: int, *, fps: float | None = None,
                      should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
@@ -84,12 +88,14 @@ class LipSyncPipeline:
 
     def run(self, video, audio, output_path: str | Path | None = None, *, fps: float | None = None,
             progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
-            frame_sink: Callable[[np.ndarray], None] | None = None, segment: split.Segment | None = None
-            ) -> RunResult:
+            frame_sink: Callable[[np.ndarray], None] | None = None, segment: split.Segment | None = None,
+            mask_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
         """Lip-sync and deliver: a video at ``output_path`` (the options' codec) with the audio muxed in (written
-        atomically), and/or every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
+        atomically; placed at ``audio_start`` and padded with silence where the options keep video around it),
+        and/or every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
 
         ``segment``: only those frames, and no audio (the parts are joined and the audio muxed once).
+        ``mask_sink``: each batch's mouth mask (``frames``).
 
         The output is never one of the inputs (ValueError); temporary files that killed runs left beside it or in
         the temp folder are removed first; a full disk is an OSError naming the folder and the fix."""
@@ -100,7 +106,8 @@ class LipSyncPipeline:
             check_not_an_input(output_path, {"video": video, "audio": audio})
             remove_stale(Path(output_path).parent, output_prefix(output_path))  # what killed runs left there
         remove_stale(temp_folder, TEMP_PREFIX)
-        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel, segment=segment)
+        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel, segment=segment,
+                             mask_sink=mask_sink)
         try:
             return self._deliver(synced, audio, output_path, frame_sink, muxed=segment is None)
         except (OSError, ValueError) as error:  # MediaError is a ValueError: ffmpeg's "No space left on device"
@@ -118,7 +125,8 @@ class LipSyncPipeline:
             if output_path is not None:
                 sound = self._audio_file(audio, synced.samples, stack) if muxed else None
                 writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
-                                                         audio=sound, encoder=video_encoder(self.options.codec)))
+                                                         audio=sound, encoder=video_encoder(self.options.codec),
+                                                         audio_delay=synced.audio_delay))
             stack.enter_context(vram_cap(synced.plan.memory, self.models.device,
                                          enabled=self.options.hard_vram_cap))
             for batch in stack.enter_context(contextlib.closing(iter(synced))):  # closed first: threads stop

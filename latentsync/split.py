@@ -1,12 +1,13 @@
 """A run cut into segments that other processes (GPUs, machines) make, equal frame for frame to the whole run.
 
-    count = frames_to_track(video, audio)                      # how many source frames the run aligns
+    count = frames_to_track(options, video, audio)             # how many source frames the run aligns
     anchors = detect_faces(models, options, video, a, b)       # parts of them, in parallel (largest-face choice)
     plan = plan_split(models, options, video, audio, anchors=) # the whole clip's face track and batch sizes
     for segment in plan.segments(n): ... LipSyncPipeline.run(..., segment=segment) anywhere, then join the files
 
 A segment is made from the whole clip's face track, with the whole run's batch sizes (they decide float sums and
-face-crop regions), its random generator replayed to the segment's start.
+face-crop regions), its random generator replayed to the segment's start. Segments count output frames: video
+kept before or after the speech (``audio_start``, ``when_video_is_longer keep``) joins the first and last ones.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from .engine.control import Progress, RunBatches, check_cancel, spans
 from .engine.plan import frames_to_track as _frames_to_track
 from .engine.plan import plan_run, speech_frames
 from .face import FaceStage, FaceTrack, no_face_error
-from .frames import frames_between, open_source
+from .frames import frames_between, frames_from, open_source
 from .memory_limiter import Batches
+from .timeline import Timeline, lead_frames, plan_timeline
 
 log = logging.getLogger("latentsync.pipeline")
 
@@ -44,40 +46,57 @@ class Segment:
 
 @dataclass
 class SplitPlan:
-    num_frames: int  # output frames (the speech's length)
+    timeline: Timeline  # the output's frames: kept video before and after the speech, the synced ones
     fps: Fraction
     width: int
     height: int
-    group_frames: int  # segments start at multiples of this (the run's batch of frames)
+    group_frames: int  # synced frames from the speech's first to a cut are a multiple of this
     track: FaceTrack
     batches: Batches
 
+    @property
+    def num_frames(self) -> int:
+        """Output frames."""
+        return self.timeline.total
+
+    @property
+    def audio_delay(self) -> float | None:
+        """As ``SyncedFrames.audio_delay``: for muxing the speech into the joined segments."""
+        return self.timeline.audio_delay(self.fps)
+
     def segments(self, parts: int) -> list[Segment]:
-        """At most ``parts`` segments of near-equal length, cut at multiples of ``group_frames``."""
-        groups = -(-self.num_frames // self.group_frames)
+        """At most ``parts`` segments of near-equal synced length, cut at multiples of ``group_frames`` of the
+        speech; the first starts at the output's first frame, the last ends at its last."""
+        speech, lead = self.timeline.speech, self.timeline.lead
+        groups = -(-speech // self.group_frames)
         parts = max(1, min(parts, groups))
-        cuts = [round(k * groups / parts) * self.group_frames for k in range(parts)] + [self.num_frames]
+        cuts = [0] + [lead + round(k * groups / parts) * self.group_frames for k in range(1, parts)] + [
+            self.num_frames]
         return [Segment(a, b, self.track, self.batches) for a, b in zip(cuts, cuts[1:])]
 
 
-def frames_to_track(video, audio, fps: float | None = None) -> int:
-    """How many source frames a run aligns (and ``plan_split`` wants anchors for): from the first on, all of them
-    when the speech outlasts the video (ping-pong), else as many as the output has."""
-    source, _, total = speech_frames(video, audio, fps)
-    return _frames_to_track(source.num_frames, total)
+def frames_to_track(options, video, audio, fps: float | None = None) -> int:
+    """How many source frames a run with ``options`` aligns (and ``plan_split`` wants anchors for), from its speech's
+    first frame (``audio_start``) on: all of them when the speech outlasts the video, else as many as it lasts."""
+    source, _, speech = speech_frames(video, audio, fps)
+    timeline = plan_timeline(options, source.num_frames, source.fps, speech)
+    return _frames_to_track(timeline.span, speech)
 
 
 def detect_faces(models, options, video, start: int, stop: int, *, fps: float | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """Anchors (stop - start, 3, 2) of the largest face in source frames start .. stop - 1 (NaN where none): the
-    detection of the default face choice, which looks at each frame alone, so parts of a clip can be detected in
-    parallel and joined for ``plan_split``. (Following one person, ``face`` = N, is sequential.)"""
+    """Anchors (stop - start, 3, 2) of the largest face in frames start .. stop - 1 of those the run tracks (counted
+    from the speech's first frame, ``audio_start``; NaN where none): the detection of the default face choice, which
+    looks at each frame alone, so parts of a clip can be detected in parallel and joined for ``plan_split``.
+    (Following one person, ``face`` = N, is sequential.)"""
     if options.face:
         raise ValueError("detect_faces serves the largest-face choice (face = 0): face = N follows one person "
                          "from frame to frame, so its detection runs in order (plan_split)")
     faces = FaceStage(models.face_detector(options.detector), models.resolution)
     parts, position = [], start
-    batches = frames_between(open_source(video, fps), start, stop, models.chunk_size)
+    source = open_source(video, fps)
+    source = frames_from(source, lead_frames(options.audio_start, source.fps, source.num_frames))
+    batches = frames_between(source, start, stop, models.chunk_size)
     try:
         for position, batch in batches:
             check_cancel(should_cancel)
@@ -113,8 +132,7 @@ def plan_split(models, options, video, audio, *, fps: float | None = None, progr
     warning = aligner.close_calls_warning()
     if warning:
         log.warning("%s", warning)
-    return SplitPlan(plan.num_frames, plan.fps, plan.width, plan.height, plan.group_frames, track,
-                     plan.memory.batches)
+    return SplitPlan(plan.timeline, plan.fps, plan.width, plan.height, plan.group_frames, track, plan.memory.batches)
 
 
 def _detected_track(plan, aligner: FaceAligner, count: int, report: Progress, should_cancel) -> FaceTrack:

@@ -66,6 +66,29 @@ def test_long_track_two_encoder_windows_match_reference(reference_dir, media_dir
     assert _max_err(encoder.features(samples, window_batch=2), features) <= 1e-5
 
 
+def edge_jump(features: torch.Tensor, edge: int) -> torch.Tensor:
+    """The change from step ``edge - 1`` to ``edge``, divided by the 99th percentile of the changes between
+    consecutive steps elsewhere: per layer, then over all layers together (the last entry)."""
+    change = torch.cat([(features[1:] - features[:-1]).norm(dim=-1),
+                        (features[1:] - features[:-1]).flatten(1).norm(dim=-1, keepdim=True)], dim=1)
+    others = torch.cat([change[:edge - 1], change[edge:]])
+    return change[edge - 1] / others.quantile(0.99, dim=0)
+
+
+def test_seamless_context_removes_the_jump_at_the_30_s_window_edge(reference_dir, media_dir, encoder, demo1,
+                                                                    demo1_features):
+    assert torch.equal(encoder.features(demo1, seamless=True), demo1_features)  # one window: the same features
+    samples = load_audio(media_dir / "long_speech_39s.wav")
+    published = load_file(str(reference_dir / "whisper_tiny_features_long.safetensors"))["features"]
+    windows, seamless = encoder.features(samples), encoder.features(samples, seamless=True, window_batch=2)
+    assert seamless.shape == windows.shape
+    assert (edge_jump(published, 1500) > 3.0).all()  # the published features jump at 30 s, in every layer
+    assert (edge_jump(windows, 1500) > 3.0).all()
+    assert (edge_jump(seamless, 1500) <= 1.0).all()
+    # the first 15 s come from the first window alone, as in the published features
+    assert torch.equal(seamless[:750], windows[:750])
+
+
 def test_blocked_log_mel_equals_whisper(encoder, demo1):
     import whisper
 

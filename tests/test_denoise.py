@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -85,6 +86,39 @@ def test_paste_keeps_original_outside_mouth(tiny):
     keep = tensors["mask"] == 1.0
     original = tensors["faces"] / 255.0 * 2 - 1
     assert torch.equal(pixels_to_uint8(out)[:, keep], pixels_to_uint8(original)[:, keep])
+
+
+def seam(faces: torch.Tensor, mouth: np.ndarray) -> float:
+    """Mean absolute step between neighbouring pixels on either side of the mouth's edge (faces (N, 3, R, R))."""
+    steps = []
+    for axis in (1, 2):  # rows, columns of (R, R)
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[axis], b[axis] = slice(None, -1), slice(1, None)
+        crossing = torch.from_numpy(mouth[tuple(a)[1:]] != mouth[tuple(b)[1:]])
+        step = (faces[(slice(None),) + tuple(a)] - faces[(slice(None),) + tuple(b)]).abs()
+        steps.append(step[:, :, crossing].flatten())
+    return torch.cat(steps).mean().item()
+
+
+@pytest.mark.parametrize("feather", [3, 6])
+def test_mouth_feather_changes_only_the_blend_near_the_edge_and_softens_the_seam(tiny, feather):
+    from scipy.ndimage import distance_transform_edt
+
+    spec, tensors = tiny[0], tiny[1]
+    outputs = []
+    for width in (0, feather):
+        denoiser = make_denoiser(tiny, mouth_feather=width)
+        denoiser.start()
+        outputs.append(torch.cat(denoiser.run(chunks_of(tensors, spec["num_frames"]))))
+    hard, soft = outputs
+    assert (hard - tensors["out_pixels"]).abs().max().item() <= 2e-3  # 0: the published blend
+    mouth = tensors["mask"][0].numpy() < 0.5
+    # each pixel's distance to the edge (scipy's transform; the library uses OpenCV's), half a pixel off the centres
+    distance = np.where(mouth, distance_transform_edt(mouth), distance_transform_edt(~mouth)) - 0.5
+    changed = (hard != soft).any(dim=1).any(dim=0).numpy()
+    assert changed.any() and distance[changed].max() < feather  # the UNet's input and output did not change
+    assert seam(soft, mouth) < 0.7 * seam(hard, mouth)
 
 
 def test_mouth_mask_matches_reference_resize(reference_dir):

@@ -120,7 +120,8 @@ def test_mappings_and_display_names(package):
                                                   "LatentSyncLipSync": "Lip Sync, Talking Head Dubbing (LatentSync)"}
     loader, lipsync = (package.NODE_CLASS_MAPPINGS[n] for n in ("LatentSyncModelLoader", "LatentSyncLipSync"))
     assert loader.RETURN_TYPES == ("LATENTSYNC_MODEL",)
-    assert lipsync.RETURN_TYPES == ("VIDEO", "AUDIO", "IMAGE") and lipsync.RETURN_NAMES == ("video", "audio", "frames")
+    assert lipsync.RETURN_TYPES == ("VIDEO", "AUDIO", "IMAGE", "MASK")
+    assert lipsync.RETURN_NAMES == ("video", "audio", "frames", "mouth_mask")
     for cls in (loader, lipsync):
         assert callable(getattr(cls(), cls.FUNCTION))
         assert {"lip sync", "lipsync", "talking head"} <= set(cls.SEARCH_ALIASES)
@@ -340,9 +341,10 @@ def test_video_route_streams_the_file_and_returns_a_video(package, node_env, sho
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
               "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0]}}}
     out = run_node(package, load_model(package), audio, prompt=prompt, video=VideoFromFile(str(clip_path)))
-    video, audio_out, frames = out["result"]
+    video, audio_out, frames, mouth_mask = out["result"]
     assert audio_out is audio
     assert type(frames).__name__ == "ExecutionBlocker" and "output_mode" in frames.message
+    assert type(mouth_mask).__name__ == "ExecutionBlocker" and "connected" in mouth_mask.message
     path = Path(video.get_stream_source())
     temp = Path(node_env["folder_paths"].get_temp_directory()).resolve()
     assert temp / "latentsync" == path.parent
@@ -430,7 +432,7 @@ def test_an_earlier_result_of_the_node_is_removed_once_replaced(package, comfyui
 def test_images_route_frames_mode_writes_no_file(package, node_env, short_clip):
     images, _, audio, fps = short_clip
     out = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames")
-    video, _, frames = out["result"]
+    video, _, frames, _ = out["result"]
     assert tuple(frames.shape) == tuple(images.shape) and str(frames.dtype) == "torch.float32"
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
     components = video.get_components()  # the VIDEO output is made from the frames, with the audio
@@ -446,11 +448,36 @@ def test_auto_mode_returns_frames_when_wired_equal_to_the_video(package, node_en
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
               "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}}
     model = load_model(package)
-    video, _, frames = run_node(package, model, audio, prompt=prompt, video=VideoFromFile(str(clip_path)))["result"]
+    video, _, frames, _ = run_node(package, model, audio, prompt=prompt, video=VideoFromFile(str(clip_path)))["result"]
     written = decode(Path(video.get_stream_source()))
     assert frames.shape[0] == len(written)
     # the same frames, up to the encoder's loss
     assert np.abs(frames.numpy() * 255 - written.astype(np.float32)).mean() < 3.0
+
+
+def test_dubbing_widgets_place_the_speech_and_the_mouth_mask_output(package, node_env, short_clip):
+    """audio_start and keep: the video's own frames around the speech, the AUDIO output is the speech after that
+    much silence padded to the video's end, and a wired mouth_mask is a MASK of every frame (zero where nothing
+    was generated)."""
+    images, _, audio, fps = short_clip
+    prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
+              "9": {"class_type": "PreviewImage", "inputs": {"images": ["5", 3]}}}
+    assert images.shape[0] > 12
+    cut = round(0.2 * fps)
+    out = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames", prompt=prompt,
+                   audio_start=0.2, when_video_is_longer="keep", mouth_feather=4, audio_context="seamless")
+    video, sound, frames, mouth_mask = out["result"]
+    count = max(images.shape[0], cut + int(audio["waveform"].shape[-1] / audio["sample_rate"] * fps))
+    assert frames.shape[0] == count and tuple(mouth_mask.shape) == (count, *images.shape[1:3])
+    assert str(mouth_mask.dtype) == "torch.float32" and float(mouth_mask.max()) == 1.0
+    assert float(mouth_mask[:cut].abs().max()) == 0.0  # before the speech: nothing generated
+    rate = audio["sample_rate"]
+    lead = round(cut / fps * rate)
+    assert sound["sample_rate"] == rate and sound["waveform"].shape[-1] >= round(count / fps * rate)
+    assert float(sound["waveform"][..., :lead].abs().max()) == 0.0
+    assert np.array_equal(sound["waveform"][..., lead:lead + audio["waveform"].shape[-1]].numpy(),
+                          audio["waveform"].numpy())
+    assert video.get_components().audio is sound
 
 
 def test_exactly_one_of_video_and_images(package, node_env, short_clip):

@@ -143,6 +143,34 @@ def test_jobs_file_as_spreadsheets_write_it(tmp_path, encode):
     assert batch.COLUMNS["steps"].parse(job.cells["steps"], job.where) == 2
 
 
+def test_dubbing_columns_and_records_that_predate_them(tmp_path):
+    from latentsync.jobs import settle
+    from latentsync.manifest import same_settings
+    from latentsync.options import LOAD, RUN
+
+    path = write_jobs(tmp_path, b"video,audio,output,audio_start,when_video_is_longer,when_audio_is_longer,"
+                                b"mouth_feather,audio_context\na.mp4,a.wav,o.mkv,1.5,keep,hold,8,seamless\n")
+    defaults = {option.field: option.default for option in (*LOAD.values(), *RUN.values())}
+    [job] = batch.read_jobs(path)
+    job = settle(job, dict(defaults, codec="ffv1"), {"checkpoints": None, "unet_config": None, "device": "cpu"})
+    options = job.options
+    assert (options.audio_start, options.when_video_is_longer, options.when_audio_is_longer, options.mouth_feather,
+            options.audio_context) == (1.5, "keep", "hold", 8, "seamless")
+    [bad] = batch.read_jobs(write_jobs(tmp_path, b"video,audio,output,when_audio_is_longer\na,b,c.mp4,bounce\n"))
+    with pytest.raises(ValueError, match="column when_audio_is_longer must be one of pingpong, loop, hold"):
+        settle(bad, defaults, {"checkpoints": None, "unet_config": None, "device": "cpu"})
+    # a record written before these options existed made its output with their defaults: still complete
+    settings = job.settings()
+    older = {name: value for name, value in settings.items() if name not in (
+        "audio_start", "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context")}
+    assert same_settings(settings, settings) and not same_settings(older, settings)
+    plain = settle(batch.read_jobs(write_jobs(tmp_path, b"video,audio,output\na.mp4,a.wav,o.mkv\n"))[0],
+                   dict(defaults, codec="ffv1"), {"checkpoints": None, "unet_config": None, "device": "cpu"})
+    older = {name: value for name, value in plain.settings().items() if name != "audio_context"}
+    assert same_settings(older, plain.settings())
+    assert not same_settings({**plain.settings(), "retired_option": 1}, plain.settings())
+
+
 def test_jobs_file_that_is_not_text(tmp_path, capsys):
     message = batch_error(capsys, write_jobs(tmp_path, b"video,audio,output\n\x80abc.mp4,a.wav,o.mp4\n"))
     assert "is not UTF-8 text" in message and "save it as UTF-8" in message

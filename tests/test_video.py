@@ -234,19 +234,26 @@ def test_write_without_audio_and_odd_size_is_padded(tmp_path, small_frames):
     assert _psnr(decoded[:, :479, :269], frames) > 35
 
 
-def test_audio_offset_and_in_memory_audio(tmp_path, small_frames):
+def test_audio_delay_places_the_sound_and_pads_it_with_silence(tmp_path, small_frames):
     wav = tmp_path / "tone.wav"
-    t = np.arange(16000 * 3) / 16000
+    t = np.arange(16000) / 16000  # one second of tone
     write_wav(wav, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], 16000)
     with av.open(str(wav)) as container:
         stream = container.streams.audio[0]
         assert stream.sample_rate == 16000 and stream.channels == 1
-    out = tmp_path / "offset.mp4"
-    with VideoWriter(out, 270, 480, 25, audio=wav, audio_offset=0.5, encoder=FAST) as writer:
+    out = tmp_path / "placed.mp4"
+    with VideoWriter(out, 270, 480, 25, audio=wav, audio_delay=0.48, encoder=FAST) as writer:
+        writer.write(small_frames[:25])
         writer.write(small_frames[:25])
     facts = _stream_facts(out)
-    assert facts["audio"] == 1 and abs(facts["duration"] - 1.0) <= 0.04
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["offset.mp4", "tone.wav"]
+    assert facts["audio"] == 1 and abs(facts["duration"] - 2.0) <= 0.04
+    with av.open(str(out)) as container:
+        rate = container.streams.audio[0].sample_rate
+        sound = np.concatenate([frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)])
+    loud = np.flatnonzero(np.abs(sound) > 0.05) / rate  # AAC's priming samples are skipped by the decoder
+    assert abs(loud[0] - 0.48) < 0.01 and abs(loud[-1] - 1.48) < 0.01  # silence, the tone, silence
+    assert len(sound) / rate > 1.95  # padded to the video's end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["placed.mp4", "tone.wav"]
 
 
 def test_write_wav_accepts_comfy_audio_layout(tmp_path):

@@ -197,12 +197,17 @@ class WhisperEncoder:
 
     @torch.inference_mode()
     def features(self, audio: np.ndarray | torch.Tensor, *, out_device: str | torch.device = "cpu",
-                 out_dtype: torch.dtype = torch.float32, window_batch: int = 1) -> torch.Tensor:
+                 out_dtype: torch.dtype = torch.float32, window_batch: int = 1, seamless: bool = False
+                 ) -> torch.Tensor:
         """Audio features ``(T50, n_layer+1, d)`` at 50 steps/s of a float mono 16 kHz waveform.
 
         ``T50 = sum over 30 s windows of (mel frames in the window) // 2`` (``samples // 320`` up to window
         rounding). The encoder runs on ``self.device`` / ``self.dtype``, ``window_batch`` windows per call; the
         result is stored on ``out_device`` in ``out_dtype``.
+
+        ``seamless``: windows every 15 s instead of every 30 s, each step the cross-faded mix of the two windows
+        that hold it (``_seamless``), so no feature jumps where one window ends; audio of one window (30 s or
+        less) gives the published features unchanged.
         """
         whisper = _whisper()
         samples = _as_tensor(audio)
@@ -211,6 +216,8 @@ class WhisperEncoder:
                              "least one 20 ms feature step, and one video frame of audio for any output")
         mel = self.log_mel(samples)
         total_frames, size = mel.shape[1], self.window_frames
+        if seamless and total_frames > size:
+            return self._seamless(mel, window_batch).to(device=out_device, dtype=out_dtype)
         out = torch.empty(self.num_steps(samples.shape[0]), self.num_layers, self.dim, dtype=out_dtype,
                           device=out_device)
         starts = list(range(0, total_frames, size))
@@ -225,6 +232,37 @@ class WhisperEncoder:
                     out[step:step + keep, index] = layer[row, :keep].to(device=out_device, dtype=out_dtype)
                 step += keep
         assert step == out.shape[0]
+        return out
+
+    def _seamless(self, mel: torch.Tensor, window_batch: int) -> torch.Tensor:
+        """Features from windows that overlap by half (a new one every 15 s while the last one ends before the
+        audio), cross-faded with sin^2 / cos^2 weights that sum to 1: a window's steps enter with weight 0 where
+        the window starts and leave with weight 0 where it ends, so its edges (where the positions restart) never
+        show. The first window's first half and the last window's second half have no partner and weigh 1.
+        Float32 sums on the CPU; time and memory linear in the audio's length (about twice the encoder work)."""
+        whisper = _whisper()
+        total_frames, size = mel.shape[1], self.window_frames
+        hop, steps = size // 2, size // 2  # mel frames between windows; feature steps per full window
+        starts = [0]
+        while starts[-1] + size < total_frames:
+            starts.append(starts[-1] + hop)
+        out = torch.zeros(total_frames // 2, self.num_layers, self.dim, dtype=torch.float32)
+        position = torch.arange(steps, dtype=torch.float64)
+        rising = torch.sin(torch.pi * (position + 0.5) / steps) ** 2  # sin^2 + its shift by half = 1
+        batch = max(1, int(window_batch))
+        for group in range(0, len(starts), batch):
+            seeks = starts[group:group + batch]
+            windows = torch.stack([whisper.audio.pad_or_trim(mel[:, seek:seek + size], size) for seek in seeks])
+            layers = torch.stack(self._encode(windows.to(device=self.device, dtype=self.dtype)), dim=2)
+            for row, seek in enumerate(seeks):
+                keep = (min(seek + size, total_frames) - seek) // 2
+                weight = rising.clone()
+                if seek == 0:
+                    weight[:steps // 2] = 1.0
+                if seek == starts[-1]:
+                    weight[steps // 2:] = 1.0
+                weight = weight[:keep].to(torch.float32)[:, None, None]
+                out[seek // 2:seek // 2 + keep] += weight * layers[row, :keep].to(device="cpu", dtype=torch.float32)
         return out
 
     def _encode(self, mel: torch.Tensor) -> list[torch.Tensor]:

@@ -180,3 +180,17 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = ["SAMPLE_RATE", "AudioSource", "load_audio", "waveform_to_16k", "resample"]
+
+
+def placed(waveform, sample_rate: int, delay: float, duration: float):
+    """``waveform`` (..., samples; numpy or torch) after ``delay`` seconds of silence and padded with silence to
+    ``duration`` seconds (never cut): the sound of an output whose speech starts inside the video."""
+    before = round(delay * sample_rate)
+    after = max(0, round(duration * sample_rate) - before - waveform.shape[-1])
+    if hasattr(waveform, "new_zeros"):
+        import torch
+
+        shape = tuple(waveform.shape[:-1])
+        return torch.cat([waveform.new_zeros(*shape, before), waveform, waveform.new_zeros(*shape, after)], dim=-1)
+    pad = [(0, 0)] * (waveform.ndim - 1) + [(before, after)]
+    return np.pad(waveform, pad)

@@ -28,6 +28,7 @@ class Group:
     frames: np.ndarray  # (n, H, W, 3) uint8
     aligned: AlignedBatch
     synced: torch.Tensor | None = None  # (n, 3, R, R) in [-1, 1]; None when no frame of the group has a face
+    mouth: np.ndarray | None = None  # (n, H, W) uint8: the generated mouth's weight in each pixel, when asked for
 
 
 class RunControl:

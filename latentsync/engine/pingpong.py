@@ -1,4 +1,5 @@
-"""Stage 1 when the speech outlasts the video: the reference's ping-pong looping (forward, backward, forward...)."""
+"""Stage 1 when the speech outlasts the video: its frames used again (the reference's ping-pong: forward, backward,
+forward...; or loop, or hold: ``when_audio_is_longer``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from ..face import AlignedBatch, no_face_error
-from ..frames import ArraySource, FrameStore, frames_between, pingpong_index
+from ..frames import ArraySource, FrameStore, frames_between
 from .align import FaceAligner
 from .control import Group, RunControl, spans
 from .plan import RunPlan
@@ -18,7 +19,7 @@ from .threads import BufferPool
 
 class PingPongAlign:
     """Align every source frame once, in order (as the reference does), keep the frames and face crops (in RAM or
-    a disk cache, by the memory plan) and the small geometry (RAM), then replay them by ping-pong index. A
+    a disk cache, by the memory plan) and the small geometry (RAM), then replay them in the timeline's order. A
     segment crops only the batches of source frames it replays, where the whole clip's track puts the faces."""
 
     def __init__(self, plan: RunPlan, aligner: FaceAligner, control: RunControl, cache_dir: str | None = None):
@@ -37,7 +38,7 @@ class PingPongAlign:
             affine, has_face, anchors = self._record(pool, frames, crops)
             for start, stop in spans(plan.first, plan.stop, plan.group_frames):
                 self.control.check()
-                indices = [pingpong_index(i, count) for i in range(start, stop)]
+                indices = [plan.timeline.source_index(i) for i in range(start, stop)]
                 with self.control.times.measure("decode"):
                     buffer = pool.allocate((plan.group_frames, plan.height, plan.width, 3))[:len(indices)]
                     batch = plan.source.at(indices, buffer) if in_ram else frames.read(indices, buffer)
@@ -50,7 +51,7 @@ class PingPongAlign:
         """Align the source frames once and keep them; the geometry (affine, has_face, anchors) of every frame."""
         plan, known, size = self.plan, self.plan.track, self.plan.group_frames
         count = plan.source.num_frames
-        needed = None if known is None else {pingpong_index(i, count) // size for i in range(plan.first, plan.stop)}
+        needed = None if known is None else {plan.timeline.source_index(i) // size for i in range(plan.first, plan.stop)}
         affines, has_faces, anchors = [], [], []  # small: kept in RAM
         batches = frames_between(plan.source, 0, count, size, pool.allocate)
         try:

@@ -9,23 +9,31 @@ from fractions import Fraction
 import numpy as np
 
 from ..face import FaceTrack
-from ..frames import FrameSource, open_source
+from ..frames import FrameSource, frames_from, open_source
 from ..memory_limiter import MemoryPlan, Workload, detect_hardware, plan_memory
+from ..timeline import Timeline, plan_timeline
 
 log = logging.getLogger("latentsync.pipeline")
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    source: FrameSource
+    video: FrameSource  # the whole video: the frames that pass through come from it
+    source: FrameSource  # the frames the synced part is made from: the video from the timeline's lead on
     samples: np.ndarray  # the speech, float32 mono 16 kHz
-    num_frames: int  # output frames: the speech's length at the video's frame rate
+    timeline: Timeline  # which output frames pass through and which are synced (the dubbing options)
     memory: MemoryPlan  # as planned (a stage that runs out of memory continues with smaller batches)
     chunk_size: int  # frames per motion-module window (the checkpoints' num_frames)
-    first: int  # the output frames made: [first, stop) (a segment of a split run; else all)
+    first: int  # the synced frames made: [first, stop) (a segment of a split run; else all)
     stop: int
+    output: tuple[int, int]  # the output frames delivered: [start, stop) (a segment's; else all)
     track: FaceTrack | None = None  # a segment's: the whole clip's face track (nothing is detected); else None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def num_frames(self) -> int:
+        """Synced frames of the whole run: the speech's length."""
+        return self.timeline.speech
 
     @property
     def fps(self) -> Fraction:
@@ -41,8 +49,8 @@ class RunPlan:
 
     @property
     def revisits(self) -> bool:
-        """The speech outlasts the video: it plays forward, backward, forward... (ping-pong)."""
-        return self.num_frames > self.source.num_frames
+        """The speech outlasts the video: frames are used again (ping-pong, loop or hold)."""
+        return self.timeline.revisits
 
     @property
     def group_frames(self) -> int:
@@ -60,7 +68,7 @@ def frames_to_track(source_frames: int, output_frames: int) -> int:
 
 
 def speech_frames(video, audio, fps: float | None = None) -> tuple[FrameSource, np.ndarray, int]:
-    """The frame source, the speech (16 kHz mono) and the number of output frames it lasts."""
+    """The frame source, the speech (16 kHz mono) and the number of video frames it lasts."""
     from ..audio import load_audio, require_video_frames
 
     source = open_source(video, fps)
@@ -71,30 +79,33 @@ def speech_frames(video, audio, fps: float | None = None) -> tuple[FrameSource, 
 def plan_run(models, options, video, audio, fps: float | None = None, segment=None) -> RunPlan:
     """The plan of a run of ``models`` with ``options`` (a ``PipelineOptions``), or of one ``segment`` of it (its
     frames, its whole clip's face track and batch sizes)."""
-    source, samples, total = speech_frames(video, audio, fps)
-    first, stop = (segment.start, segment.stop) if segment is not None else (0, total)
+    whole, samples, speech = speech_frames(video, audio, fps)
+    timeline = plan_timeline(options, whole.num_frames, whole.fps, speech)
+    source = frames_from(whole, timeline.lead)
+    output = (segment.start, segment.stop) if segment is not None else (0, timeline.total)
+    first, stop = (min(max(end - timeline.lead, 0), speech) for end in output)  # the synced frames among them
     if segment is not None:
-        _check_segment(segment, total, models.chunk_size)
+        _check_segment(segment, timeline, models.chunk_size)
     hardware = detect_hardware(str(models.device))
-    work = Workload(models.resolution, source.num_frames, (source.height, source.width), total > source.num_frames)
+    work = Workload(models.resolution, source.num_frames, (source.height, source.width), timeline.revisits)
     memory = plan_memory(hardware, work, options)
     if segment is not None:  # the whole run's batch sizes, whatever this device would choose
         memory = memory.with_batches(segment.batches)
     for reason in memory.reasons:
         log.info("memory plan: %s", reason)
     warnings = ()
-    if total < models.chunk_size:
-        warnings = (f"speech too short: it lasts {len(samples) / 16000:.2f} s, so the output has only {total} "
-                    f"frame(s); the model syncs {models.chunk_size} frames at a time: give at least "
+    if speech < models.chunk_size:
+        warnings = (f"speech too short: it lasts {len(samples) / 16000:.2f} s, so the output has only {speech} "
+                    f"synced frame(s); the model syncs {models.chunk_size} frames at a time: give at least "
                     f"{models.chunk_size / float(source.fps):.2f} s of speech",)
-    return RunPlan(source, samples, total, memory, models.chunk_size, first, stop,
+    return RunPlan(whole, source, samples, timeline, memory, models.chunk_size, first, stop, output,
                    None if segment is None else segment.track, warnings)
 
 
-def _check_segment(segment, total: int, chunk_size: int) -> None:
-    if not 0 <= segment.start < segment.stop <= total:
-        raise ValueError(f"segment {segment.start}..{segment.stop} is outside the run's {total} frames")
-    if segment.start % (chunk_size * segment.batches.chunks_per_call):
+def _check_segment(segment, timeline: Timeline, chunk_size: int) -> None:
+    if not 0 <= segment.start < segment.stop <= timeline.total:
+        raise ValueError(f"segment {segment.start}..{segment.stop} is outside the run's {timeline.total} frames")
+    synced_start = segment.start - timeline.lead
+    if 0 < synced_start < timeline.speech and synced_start % (chunk_size * segment.batches.chunks_per_call):
         raise ValueError(f"segment {segment.start}..{segment.stop} does not start at a batch of the run: take "
                          "segments from plan_split(...).segments(n)")
-

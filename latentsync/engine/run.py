@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from ..face import FaceStage, no_face_error
+from ..frames import frames_between
+from ..mask import mouth_weight
 from ..memory_limiter import MemoryPlan, log_memory
 from .align import StreamedAlign, run_aligner
-from .control import Progress, RunBatches, RunControl
+from .control import Progress, RunBatches, RunControl, check_cancel
 from .pingpong import PingPongAlign
 from .plan import RunPlan
 from .restore import Restore
@@ -35,6 +37,8 @@ class RunResult:
     seconds: dict = field(default_factory=dict)
     # what the user should know (also logged): sentences that start with a short label, "label: ..."
     warnings: list[str] = field(default_factory=list)
+    audio_delay: float | None = None  # the output's sound: the speech after this many seconds of silence, padded
+    # with silence to the video's end (audio_start, when_video_is_longer keep); None: the speech as it is
 
 
 class SyncedFrames:
@@ -48,15 +52,18 @@ class SyncedFrames:
     """
 
     def __init__(self, models, options, plan: RunPlan, features: torch.Tensor, *, overlap: bool = True,
-                 progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None):
+                 progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
+                 mask_sink: Callable[[np.ndarray], None] | None = None):
         self.plan, self.overlap = plan, overlap
+        self.mask_sink = mask_sink  # given: each batch's mouth mask, uint8 (n, H, W), just before the batch
         self.control = RunControl(progress, should_cancel)
         self.batches = RunBatches(plan.memory)
         self.aligner = run_aligner(models, options, self.batches, detect=plan.track is None)
         self.align = (PingPongAlign(plan, self.aligner, self.control, options.cache_dir) if plan.revisits
                       else StreamedAlign(plan, self.aligner, self.control))
         self.synthesis = Synthesis(models, options, plan, features, self.batches, self.control)
-        self.restore = Restore(FaceStage(None, models.resolution, device=models.device), self.batches, self.control)
+        self.restore = Restore(FaceStage(None, models.resolution, device=models.device), self.batches, self.control,
+                               mouth=mouth_weight(models.resolution, options.mouth_feather) if mask_sink else None)
         self.warnings: list[str] = []
         for warning in plan.warnings:
             self.warn(warning)
@@ -65,8 +72,15 @@ class SyncedFrames:
 
     @property
     def num_frames(self) -> int:
-        """Output frames of the whole run (the speech's length; a segment makes part of them)."""
-        return self.plan.num_frames
+        """Output frames of the whole run (the timeline's: the speech's length, with any kept video before and
+        after it; a segment makes part of them)."""
+        return self.plan.timeline.total
+
+    @property
+    def audio_delay(self) -> float | None:
+        """The silence before the speech in the output's sound, which is then padded to the video's end; None: the
+        speech as it is (the published output)."""
+        return self.plan.timeline.audio_delay(self.plan.fps)
 
     @property
     def samples(self) -> np.ndarray:
@@ -105,12 +119,24 @@ class SyncedFrames:
         # in flight at most: one in each of the three stages, one in each queue behind them, one with the consumer
         pool = BufferPool(plan.group_frames, plan.height, plan.width, count=7 if self.overlap else 2,
                           stopping=stopping)
+        lead, start, stop = plan.timeline.lead, *plan.output
+        yield from self._passed(pool, start, min(stop, lead))
+        if plan.first < plan.stop:
+            yield from self._made(pool)
+        yield from self._passed(pool, max(start, lead + plan.timeline.speech), stop)
+        log_memory("end")
+
+    def _made(self, pool: BufferPool) -> Iterator[np.ndarray]:
+        """The synced frames, through the stages."""
+        plan, stopping = self.plan, self.control.stopping
         stage = (lambda items, name: in_thread(items, name, stopping)) if self.overlap else (lambda items, _: items)
         groups = stage(self.align.groups(pool), "align")
         groups = stage(self.synthesis.groups(groups), "denoise")
         groups = stage(self.restore.groups(groups), "restore")
         try:
             for group in groups:
+                if self.mask_sink is not None:
+                    self.mask_sink(group.mouth if group.mouth is not None else _no_mouth(group.frames))
                 yield group.frames
                 pool.release(group.frames)
         finally:
@@ -118,15 +144,37 @@ class SyncedFrames:
             groups.close()
         if self.align.frames_with_face == 0 and plan.track is None:  # a segment's clip has a face somewhere
             raise no_face_error(plan.num_frames)
-        log_memory("end")
+
+    def _passed(self, pool: BufferPool, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Output frames start .. stop - 1 outside the speech: the video's own frames, as decoded."""
+        if start >= stop:
+            return
+        self.control.report("pass video through", 0, stop - start)
+        batches = frames_between(self.plan.video, start, stop, self.plan.group_frames, pool.allocate)
+        try:
+            for position, batch in batches:
+                check_cancel(self.control.should_cancel)  # (after the synced part, its stages have stopped)
+                if self.mask_sink is not None:
+                    self.mask_sink(_no_mouth(batch))
+                yield batch
+                pool.release(batch)
+                self.control.report("pass video through", position + len(batch) - start, stop - start)
+        finally:
+            batches.close()
 
     def result(self, output_path: Path | None = None) -> RunResult:
         seconds = dict(self.control.times.seconds, total=time.perf_counter() - self._started)
-        count = self.plan.stop - self.plan.first
-        without = count - self.align.frames_with_face
+        count = self.plan.output[1] - self.plan.output[0]
+        without = self.plan.stop - self.plan.first - self.align.frames_with_face
         if without:
             log.warning("%d of %d frames had no usable face and were passed through unchanged", without, count)
         close_calls = self.aligner.close_calls_warning()
         if close_calls:
             log.warning("%s", close_calls)
-        return RunResult(output_path, count, self.plan.fps, without, self.batches.plan, seconds, list(self.warnings))
+        return RunResult(output_path, count, self.plan.fps, without, self.batches.plan, seconds, list(self.warnings),
+                         self.audio_delay)
+
+
+def _no_mouth(frames: np.ndarray) -> np.ndarray:
+    """The mouth mask of frames nothing was generated in."""
+    return np.zeros(frames.shape[:3], dtype=np.uint8)

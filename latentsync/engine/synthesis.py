@@ -25,7 +25,8 @@ class Synthesis:
         memory = plan.memory
         settings = DenoiseSettings(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed,
                                    chunk_size=models.chunk_size, chunks_per_call=memory.chunks_per_call,
-                                   vae_batch=memory.vae_batch, deepcache_interval=options.deepcache_interval)
+                                   vae_batch=memory.vae_batch, deepcache_interval=options.deepcache_interval,
+                                   mouth_feather=options.mouth_feather)
         mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
         self.denoiser = LipSyncDenoiser(models.unet, models.vae, json.loads(SCHEDULER_CONFIG.read_text()), mask,
                                         settings, models.device, models.dtype, models.compiled(options.compile))

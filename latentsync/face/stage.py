@@ -225,10 +225,14 @@ class FaceStage:
 
     # -------------------------------------------------------------------------------------------- restore
 
-    def restore(self, frames, new_faces: torch.Tensor, aligned: AlignedBatch, out: np.ndarray | None = None):
+    def restore(self, frames, new_faces: torch.Tensor, aligned: AlignedBatch, out: np.ndarray | None = None,
+                mouth: np.ndarray | None = None, mouth_out: np.ndarray | None = None):
         """Paste ``new_faces`` (N, 3, R, R): float in [-1, 1] (as the VAE decodes them) or uint8 0..255, back
         into ``frames`` (uint8 (N, H, W, 3) numpy). Frames without a face are returned unchanged. Returns a new
-        uint8 numpy array (or ``out``, which may be ``frames`` itself for an in-place paste)."""
+        uint8 numpy array (or ``out``, which may be ``frames`` itself for an in-place paste).
+
+        ``mouth`` (R, R), the generated mouth's weight in a face crop, with ``mouth_out`` (N, H, W) uint8 zeros:
+        each frame's weight of the generated mouth, 0..255, written into ``mouth_out``."""
         frames_np = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
         result = out if out is not None else frames_np.copy()
         if out is not None and out is not frames_np:
@@ -239,14 +243,17 @@ class FaceStage:
         idx = np.nonzero(has)[0]
         faces = new_faces[torch.from_numpy(idx).to(new_faces.device)].to(self.device)
         faces = faces.float() / 127.5 - 1 if faces.dtype == torch.uint8 else faces.float()
-        pasted, origins = self._paste(frames_np, idx, faces, aligned.affine[torch.from_numpy(idx).to(
-            aligned.affine.device)].cpu())
+        pasted, origins, weights = self._paste(frames_np, idx, faces, aligned.affine[torch.from_numpy(idx).to(
+            aligned.affine.device)].cpu(), mouth)
         h, w = pasted.shape[1:3]
         for j, (x, y) in enumerate(origins.tolist()):
             result[idx[j], y:y + h, x:x + w] = pasted[j]
+            if weights is not None:
+                mouth_out[idx[j], y:y + h, x:x + w] = weights[j]
         return result
 
-    def _paste(self, frames_np: np.ndarray, idx: np.ndarray, faces: torch.Tensor, m: torch.Tensor):
+    def _paste(self, frames_np: np.ndarray, idx: np.ndarray, faces: torch.Tensor, m: torch.Tensor,
+               mouth: np.ndarray | None = None):
         cw, ch = self.geometry.crop_size
         height, width = frames_np.shape[1:3]
         n = len(idx)
@@ -283,4 +290,10 @@ class FaceStage:
             sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
             soft[sel] = kornia.filters.gaussian_blur2d(center, (k, k), (sigma, sigma)) if k > 1 else center
         out = soft * pasted + (1 - soft) * roi
-        return out.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), origins
+        weights = None
+        if mouth is not None:  # the mouth's weight in the crop, carried into the frame as the face is
+            crop = F.interpolate(torch.from_numpy(np.ascontiguousarray(mouth, dtype=np.float32))[None, None].to(
+                self.device), size=(ch, cw), mode="bilinear", align_corners=False, antialias=True)
+            weight = soft * warp(crop.expand(n, -1, -1, -1), inv_roi, size, padding_mode="zeros")
+            weights = (weight[:, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return out.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), origins, weights

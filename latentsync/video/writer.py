@@ -86,8 +86,8 @@ class VideoWriter:
     """Write uint8 RGB frames to an H.264 MP4 at an exact rational frame rate, optionally with audio.
 
     Frames go through an ffmpeg pipe into a hidden temporary file beside `out_path`. On a clean close the
-    audio (from `audio`, starting `audio_offset` seconds in; trimmed to the video's duration frames/fps) is
-    muxed as AAC and the result renamed onto `out_path` with os.replace. On any error or interrupt the
+    audio (from `audio`; with `audio_delay` seconds of silence before it and silence after it up to the video's
+    end; trimmed to the video's duration frames/fps) is muxed as AAC and the result renamed onto `out_path` with os.replace. On any error or interrupt the
     process is killed and every temporary file removed; `out_path` is never created or modified.
 
     Odd widths/heights are padded by one replicated row/column (yuv420p needs even sizes): the output is
@@ -95,7 +95,8 @@ class VideoWriter:
     """
 
     def __init__(self, out_path: str | Path, width: int, height: int, fps: Fraction | float | int,
-                 audio: str | Path | None = None, audio_offset: float = 0.0, encoder: Sequence[str] | None = None,
+                 audio: str | Path | None = None, audio_delay: float | None = None,
+                 encoder: Sequence[str] | None = None,
                  ffmpeg: str | None = None):
         if width < 1 or height < 1:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
@@ -104,15 +105,15 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps}")
         if audio is not None and not Path(audio).is_file():
             raise MediaError(f"audio file not found: {audio}: check the path")
-        if audio_offset < 0:
-            raise ValueError(f"audio_offset must be >= 0 seconds, got {audio_offset}")
+        if audio_delay is not None and audio_delay < 0:
+            raise ValueError(f"audio_delay must be >= 0 seconds, got {audio_delay}")
         self.out_path = Path(out_path)
         if not self.out_path.parent.is_dir():
             raise MediaError(f"output folder does not exist: {self.out_path.parent}: create it first")
         self.width, self.height, self.fps = int(width), int(height), fps
         self.output_size = (self.width + self.width % 2, self.height + self.height % 2)
         self.audio = Path(audio) if audio is not None else None
-        self.audio_offset = float(audio_offset)
+        self.audio_delay = audio_delay
         self.ffmpeg = ffmpeg or find_ffmpeg()
         self.encoder = list(encoder) if encoder is not None else choose_video_encoder(ffmpeg=self.ffmpeg)
         self.frames_written = 0
@@ -246,7 +247,7 @@ class VideoWriter:
     def _mux(self) -> Path:
         self._mux_temp = _temp_path(self.out_path.parent, self.out_path.name, ".mux" + self._suffix)
         _copy_video(self.ffmpeg, ["-i", str(self._video_temp)], self._mux_temp, self.duration, self.audio,
-                    self.audio_offset)
+                    self.audio_delay)
         return self._mux_temp
 
     def _fail(self, what: str) -> None:
@@ -267,9 +268,10 @@ class VideoWriter:
 
 
 def join_videos(parts: Sequence[str | Path], out_path: str | Path, duration: float, audio: str | Path | None = None,
-                ffmpeg: str | None = None) -> Path:
+                ffmpeg: str | None = None, audio_delay: float | None = None) -> Path:
     """Join videos encoded alike (the segments of one run) into ``out_path`` without re-encoding them, with
-    ``audio`` muxed in (trimmed to ``duration`` seconds); published atomically like ``VideoWriter``'s output."""
+    ``audio`` muxed in (trimmed to ``duration`` seconds; ``audio_delay`` as ``VideoWriter``'s); published
+    atomically like ``VideoWriter``'s output."""
     out_path = Path(out_path)
     ffmpeg = ffmpeg or find_ffmpeg()
     listing = _temp_path(out_path.parent, out_path.name, ".parts.txt")
@@ -277,7 +279,7 @@ def join_videos(parts: Sequence[str | Path], out_path: str | Path, duration: flo
     try:  # the concat demuxer's list: one quoted absolute path per line
         listing.write_text("".join("file '" + str(Path(part).resolve()).replace("'", "'\\''") + "'\n"
                                    for part in parts))
-        _copy_video(ffmpeg, ["-f", "concat", "-safe", "0", "-i", str(listing)], temp, duration, audio, 0.0)
+        _copy_video(ffmpeg, ["-f", "concat", "-safe", "0", "-i", str(listing)], temp, duration, audio, audio_delay)
         os.replace(temp, out_path)
     finally:
         _remove(listing)
@@ -290,12 +292,12 @@ def _container_flags(suffix: str) -> list[str]:
 
 
 def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float, audio: Path | None,
-                audio_offset: float) -> None:
-    """The video stream copied as it is into ``out``, with ``audio`` (AAC, from ``audio_offset`` seconds on,
-    trimmed to ``duration``) when given."""
+                audio_delay: float | None) -> None:
+    """The video stream copied as it is into ``out``, with ``audio`` (AAC, trimmed to ``duration``) when given:
+    as it is, or (``audio_delay`` given) after that many seconds of silence and padded with silence."""
     if audio is not None:
-        seek = ["-ss", f"{audio_offset:.6f}"] if audio_offset > 0 else []
-        sound = [*seek, "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", AUDIO_BITRATE,
+        placed = [] if audio_delay is None else ["-af", _placed_audio_filter(audio_delay)]
+        sound = ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", *placed, "-c:a", "aac", "-b:a", AUDIO_BITRATE,
                  "-t", f"{duration:.6f}"]
     else:
         sound = ["-map", "0:v:0"]
@@ -307,6 +309,12 @@ def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float,
         detail = result.stderr.decode(errors="replace").strip()[-1500:]
         what = f"muxing the audio from {audio}" if audio is not None else f"writing {out}"
         raise MediaError(f"{what} failed ({detail}): check that the inputs are readable video and audio files")
+
+
+def _placed_audio_filter(delay: float) -> str:
+    """ffmpeg filters: ``delay`` seconds of silence first (in every channel, to the millisecond), silence after."""
+    milliseconds = round(delay * 1000, 3)
+    return (f"adelay=delays={milliseconds}:all=1," if milliseconds > 0 else "") + "apad"
 
 
 def write_wav(path: str | Path, waveform, sample_rate: int) -> Path:
