@@ -174,8 +174,9 @@ def decoded(path: Path):
 def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, media_dir):
     """--split: each job cut at a 16-frame boundary into one segment per Ray worker (2), joined without
     re-encoding. Lossless FFV1 shows the joined frames are the single run's exactly, with the video played
-    backward across the cut (ping-pong); the H.264 job has every frame and the audio; a job with a missing input
-    fails with its sentence; no part is left behind."""
+    backward across the cut (ping-pong); the H.264 job, its speech starting 0.2 s in (audio_start), has every frame
+    and the audio placed after 0.2 s of silence; a job with a missing input fails with its sentence; no part is
+    left behind."""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
     import av
     import numpy as np
@@ -186,10 +187,11 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
     for name in ("single", "split"):
         (tmp_path / name).mkdir()
         jobs[name] = tmp_path / name / "jobs.csv"
-        jobs[name].write_text("video,audio,output,codec\n"
-                              f"{folder / 'clip_25.00.mp4'},{audio},out/lossless.mkv,ffv1\n")
-    jobs["split"].write_text(jobs["split"].read_text() + f"{folder / 'clip_25.00.mp4'},{audio},out/small.mp4,h264\n"
-                             f"{folder / 'missing.mp4'},{audio},out/never.mp4,h264\n")
+        jobs[name].write_text("video,audio,output,codec,audio_start\n"
+                              f"{folder / 'clip_25.00.mp4'},{audio},out/lossless.mkv,ffv1,0\n")
+    jobs["split"].write_text(jobs["split"].read_text()
+                             + f"{folder / 'clip_25.00.mp4'},{audio},out/small.mp4,h264,0.2\n"
+                             f"{folder / 'missing.mp4'},{audio},out/never.mp4,h264,0\n")
     one_thread = {"OMP_NUM_THREADS": "1"}
     single = batch(workspace, jobs["single"], env=one_thread)
     assert single.returncode == 0, single.stderr
@@ -197,17 +199,21 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
     assert split.returncode == 1 and "2 done, 0 already complete, 1 failed" in split.stdout, split.stderr
     # the job with a missing input is recorded first: it fails before any model loads
     failed, *manifest = records(tmp_path / "split" / "jobs.manifest.jsonl")
-    assert [(r["status"], r["frames"], r["segments"]) for r in manifest] == [("done", 30, 2)] * 2
+    assert [(r["status"], r["frames"], r["segments"]) for r in manifest] == [("done", 30, 2), ("done", 35, 2)]
     assert failed["status"] == "failed" and failed["error"].startswith("FileNotFoundError: video file not found")
     lossless = [decoded(tmp_path / name / "out" / "lossless.mkv") for name in ("single", "split")]
     assert lossless[0].shape[0] == 30 and np.array_equal(*lossless)
     small = tmp_path / "split" / "out" / "small.mp4"
-    assert count_frames(small) == 30
+    assert count_frames(small) == 35
     with av.open(str(small)) as container:
         assert [s.type for s in container.streams] == ["video", "audio"]
-        assert abs(float(container.streams.audio[0].duration * container.streams.audio[0].time_base) - 30 / 25) < 0.05
-    h264 = decoded(small).astype(int) - lossless[0].astype(int)
-    assert np.abs(h264).mean() < 2.0  # the same frames, through H.264 (two parts joined, not re-encoded)
+        assert abs(float(container.streams.audio[0].duration * container.streams.audio[0].time_base) - 35 / 25) < 0.05
+        rate = container.streams.audio[0].sample_rate
+        sound = np.concatenate([frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)])
+    assert np.abs(sound[:int(0.18 * rate)]).max() < 1e-3 and np.abs(sound[int(0.2 * rate):]).max() > 0.05
+    source = decoded(folder / "clip_25.00.mp4")
+    h264 = decoded(small).astype(int)
+    assert np.abs(h264[:5] - source[:5].astype(int)).mean() < 2.0  # before the speech: the video's own frames
     assert sorted(p.name for p in (tmp_path / "split" / "out").iterdir()) == ["lossless.mkv", "small.mp4"]
 
 
