@@ -5,7 +5,8 @@ so CI has none (the nodes' ComfyUI branches run in CI through tests/test_node.py
 that has ComfyUI's requirements and this package's (default: this interpreter).
 
 Covered: the shipped UI workflow is what the API graph says; LoadVideo -> loader -> lip sync -> SaveVideo gives a
-saved file with the audio's length and sound and the workflow embedded; three queued prompts with different seeds;
+saved file with the audio's length and sound and the workflow embedded; the speech placed inside the video with
+the mouth mask previewed; three queued prompts with different seeds;
 POST /free, then the same prompt again gives identical pixels; POST /interrupt stops the node and leaves no file;
 bad inputs fail with one sentence each.
 """
@@ -82,7 +83,7 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert {"LoadVideo", "LoadAudio", "SaveVideo", "GetVideoComponents"} <= set(object_info), failed
         assert object_info["LatentSyncLipSync"]["display_name"] == "Lip Sync, Talking Head Dubbing (LatentSync)"
         assert object_info["LatentSyncModelLoader"]["display_name"] == "LatentSync Model Loader"
-        assert object_info["LatentSyncLipSync"]["output"] == ["VIDEO", "AUDIO", "IMAGE"]
+        assert object_info["LatentSyncLipSync"]["output"] == ["VIDEO", "AUDIO", "IMAGE", "MASK"]
 
         # ComfyUI lists the template (Browse Templates) and serves it with its thumbnail
         assert get(f"{server.url}/workflow_templates") == {PACK_NAME: [TEMPLATE]}
@@ -132,6 +133,18 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert len(entry["outputs"]["99"]["images"]) == 16  # every frame, not the blocked output of the cached run
         kept = sorted(p.name for p in (base / "temp" / "latentsync").glob("*.mp4"))
         assert len(kept) == 1 and kept != first_temp  # the node's earlier result left temp/ once replaced
+
+        # dubbing: the speech 0.2 s in (5 frames of the video first), the mouth mask previewed through MaskToImage
+        dubbed = json.loads(json.dumps(prompt))
+        dubbed[lipsync_id]["inputs"].update(audio_start=0.2, when_video_is_longer="keep", mouth_feather=4)
+        dubbed["97"] = {"class_type": "MaskToImage", "inputs": {"mask": [lipsync_id, 3]}}
+        dubbed["98"] = {"class_type": "PreviewImage", "inputs": {"images": ["97", 0]}}
+        entry = server.wait(server.queue(dubbed, workflow))
+        assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
+        placed, _, placed_sound = _decode(_saved(entry, base))
+        assert len(placed) == 5 + 16 and abs(placed_sound - 21 / 25) < 0.05
+        assert np.abs(placed[:5].astype(int) - _decode(base / "input" / video)[0][:5].astype(int)).mean() < 2.0
+        assert len(entry["outputs"]["98"]["images"]) == 21  # a mask for every output frame
 
         # three prompts queued at once, different seeds: three files, three different results
         ids = []
