@@ -6,16 +6,23 @@
 Checks, on the full-size UNet of 1.6 with random weights (``--smoke``: the tiny test UNet on the CPU):
 - ``fp16_vs_fp32``: one guided UNet call in float16 against float32 on the same inputs (relative error);
 - ``attention``: every backend that runs here against standard in the run's dtype, and the one auto picks;
-- ``compiled_vs_eager``: the compiled path (inductor) against eager, with the first call's seconds (not in smoke).
+- ``compiled_vs_eager``: the compiled path (inductor) against eager, with the first call's seconds (not in smoke);
+- ``guided_vs_full``: the engine's guided call (the part before the first cross-attention once, the unconditional
+  cross-attentions as their bias) against the full call: bit for bit on the CPU, and here?
 Speed at 256 and 512 px (LatentSync 1.5 and 1.6 sizes), one 16-frame chunk, guidance 1.5:
-- ``unet_call_ms``: one guided UNet call (2 x 16 frames), eager and compiled; the published UNet's, when ``--published``
+- ``unet_call_ms``: one guided UNet call (2 x 16 frames), eager, eager as the denoiser calls it (``eager_guided``) and
+  compiled; the published UNet's, when ``--published``
   names a checkout of the published LatentSync (imported in a child process from there, never copied here). Its
   package imports more than its UNet needs (einops, matplotlib, torchvision built for this torch, ...): give
   ``--published-python`` an interpreter with its requirements, or carry their wheels; a missing one is reported as
   the child's last error line;
 - ``chunk_s``: one chunk through ``LipSyncDenoiser``, 20 steps, VAE encode and decode included; ``peak_vram_gb``.
-Sections that would end after ``--budget`` seconds are skipped (and say so). End to end frames/s, from decode to the
-encoded file, is ``bench/bench_speed.py``'s (it needs a face detector's models: ``--checkpoints``).
+End to end (``end_to_end``), ours: ``--e2e-frames`` frames of demo1 (1080x1920) from decode to the encoded H.264 file
+through ``LipSyncPipeline`` with full-size random-weight models (``bench_speed.run_config``: auto attention, the memory
+plan), 20 steps, guidance 1.5: frames/s, each stage's seconds, peak VRAM. Faces: insightface when ``--checkpoints``
+holds buffalo_l, else dlib (carry dlib-bin and face_recognition_models). The published pipeline's end to end is not
+run: it fetches its VAE, Whisper and InsightFace models from the Hugging Face hub, which a device cannot reach.
+Sections that would end after ``--budget`` seconds are skipped (and say so).
 """
 
 from __future__ import annotations
@@ -128,7 +135,22 @@ def checks(args, device, dtype, resolution: int) -> dict:
             rows[name] = {"available": True, "rel_err": relative_error(unet(sample, t, encoder_hidden_states=audio),
                                                                        reference)}
     found["attention"] = {"dtype": str(dtype), "auto": create_backend("auto", device, dtype).name, **rows}
+    found["guided_vs_full"] = guided_check(unet, sample, t, audio)
     return found
+
+
+def guided_check(unet, sample, t, audio) -> dict:
+    """The engine's guided call (``GuidedAudio``: the shared part once, the unconditional cross-attentions as their
+    bias) against the full call with all-zero audio for the first half: bit for bit on the CPU; here?"""
+    from latentsync.models.transformer import GuidedAudio
+
+    same = sample[:1].expand(2, -1, -1, -1, -1)
+    conditional = audio[FRAMES:]
+    with torch.no_grad():
+        full = unet(same, t, encoder_hidden_states=torch.cat([torch.zeros_like(conditional), conditional]))
+        guided = unet(same, t, encoder_hidden_states=GuidedAudio(conditional))
+    return {"same_bits": bool(torch.equal(full, guided)), "max_abs": float((full - guided).abs().max()),
+            "rel_err": relative_error(guided, full)}
 
 
 def compiled_check(unet, sample, t, audio) -> dict:
@@ -181,6 +203,8 @@ def published_ms(args, resolution: int) -> dict:
 
 
 def speed(args, clock: Clock, device, dtype, resolution: int) -> dict:
+    from latentsync.models.transformer import GuidedAudio
+
     if clock.left() < 60:
         return {"skipped": "the time budget is spent"}
     version = "1.6" if resolution == 512 else "1.5"
@@ -189,7 +213,10 @@ def speed(args, clock: Clock, device, dtype, resolution: int) -> dict:
     sample, t, audio = inputs(unet, resolution, device, dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    found = {"unet_call_ms": {"eager": call_ms(lambda: unet(sample, t, encoder_hidden_states=audio), device)}}
+    guided = (sample[:1].expand(2, -1, -1, -1, -1), GuidedAudio(audio[FRAMES:]))  # as the denoiser calls it
+    found = {"unet_call_ms": {"eager": call_ms(lambda: unet(sample, t, encoder_hidden_states=audio), device),
+                              "eager_guided": call_ms(lambda: unet(guided[0], t, encoder_hidden_states=guided[1]),
+                                                      device)}}
     if not args.smoke and clock.left() > 240:
         compiled = compiled_check(unet, sample, t, audio)
         call = compiled.pop("call")
@@ -204,12 +231,38 @@ def speed(args, clock: Clock, device, dtype, resolution: int) -> dict:
     return found
 
 
+def end_to_end(args, clock: Clock, resolution: int) -> dict:
+    """Ours from decode to the encoded file (``bench_speed.run_config``), or why it was not run."""
+    import tempfile
+
+    import soundfile
+    from bench_speed import MEDIA, run_config
+
+    if clock.left() < (30 if args.smoke else 150):
+        return {"skipped": "the time budget is spent"}
+    settings = argparse.Namespace(size="tiny" if args.smoke else "full", version="1.6" if resolution in (512, 128)
+                                  else "1.5", device=args.device, detector=args.detector,
+                                  checkpoints=args.checkpoints, steps=args.steps)
+    with tempfile.TemporaryDirectory(prefix="latentsync-device-check-") as tmp:
+        folder = Path(tmp)
+        speech, rate = soundfile.read(MEDIA / "demo1_audio.wav", dtype="int16")
+        audio = folder / "speech.wav"
+        soundfile.write(audio, speech[: int(args.e2e_frames / 25 * rate) + 1], rate, subtype="PCM_16")
+        try:
+            return run_config("end_to_end", settings, "auto", "balanced", audio, folder)
+        except Exception as error:  # a missing detector, its models: the report says which, the rest still runs
+            return {"skipped": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="the CPU, the tiny UNet, 2 steps: seconds")
     parser.add_argument("--published", default=None, help="a checkout of the published LatentSync, run beside ours")
     parser.add_argument("--published-python", default=sys.executable, help="the interpreter for the published code")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds; later sections are skipped")
+    parser.add_argument("--e2e-frames", type=int, default=None, help="frames of demo1 end to end (64; smoke: 16)")
+    parser.add_argument("--detector", default="auto", help="end to end: auto, insightface or dlib")
+    parser.add_argument("--checkpoints", default=None, help="end to end: a folder with InsightFace's buffalo_l")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "device_check.json"))
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -222,6 +275,11 @@ def main(argv=None) -> int:
               "dtype": str(dtype), "steps": args.steps, "guidance": 1.5}
     report["checks"] = checks(args, device, dtype, resolutions[0])
     report["speed"] = {str(r): speed(args, clock, device, dtype, r) for r in resolutions}
+    args.e2e_frames = args.e2e_frames or (16 if args.smoke else 64)
+    # the tiny models have one size: the smoke runs end to end once
+    report["end_to_end"] = {str(r): end_to_end(args, clock, r) for r in resolutions[:1 if args.smoke else 2]}
+    report["end_to_end"]["published"] = {"skipped": "the published pipeline fetches its VAE, Whisper and InsightFace "
+                                                    "models from the Hugging Face hub at run time"}
     report["seconds"] = round(time.perf_counter() - clock.started, 1)
     write_report(report, args.out)
     return 0

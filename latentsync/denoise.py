@@ -3,8 +3,9 @@
 Reproduces the published pipeline's math and its order of random draws exactly:
 one initial noise draw ``(1, 4, 1, h, w)`` shared by every frame; then per 16-frame chunk, first the sample of
 the masked faces' latent distribution, then the sample of the reference faces' one; DDIM (eta 0, no further
-draws); classifier-free guidance against all-zero audio when ``guidance_scale > 1`` (whose cross-attentions are
-exactly their output bias: ``GuidedAudio``); mouth paste-back.
+draws); classifier-free guidance against all-zero audio when ``guidance_scale > 1`` (the halves' shared part
+computed once, the unconditional cross-attentions exactly their output bias: ``GuidedAudio``, the same bits);
+mouth paste-back (``mouth_feather`` softens only it).
 
 Several chunks may share one UNet call (``chunks_per_call``): the draws still happen chunk by chunk in order,
 so the result does not depend on batching.
@@ -186,7 +187,8 @@ class LipSyncDenoiser:
         audio = torch.cat([c["audio"] for c in batch])  # (n*F, T, d)
         if self.guided:
             condition = torch.cat([condition, condition])
-            # the unconditional half's all-zero audio is not built: its cross-attention is exactly a bias (same bits)
+            # the unconditional half's all-zero audio is not built: its cross-attention is exactly a bias, and the
+            # UNet computes the halves' shared part once (same bits)
             audio = GuidedAudio(audio)
         latents = self.initial_noise.expand(n, -1, frames, -1, -1).clone()
 

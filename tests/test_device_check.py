@@ -22,7 +22,10 @@ def test_device_check_smoke_mode(tmp_path):
     assert attention["auto"] == "flash" and attention["standard"]["rel_err"] == 0.0
     assert all(row["rel_err"] < 1e-3 for name, row in attention.items()
                if isinstance(row, dict) and row.get("available"))
+    assert checks["guided_vs_full"]["same_bits"] is True
+    e2e = report["end_to_end"]["64"]
+    assert e2e["frames"] == 16 and e2e["end_to_end_frames_per_second"] > 0 and e2e["stage_seconds"]["denoise"] > 0
     for size in ("64", "128"):
         speed = report["speed"][size]
-        assert speed["unet_call_ms"]["eager"] > 0 and speed["chunk_s"] > 0
+        assert speed["unet_call_ms"]["eager"] > 0 and speed["unet_call_ms"]["eager_guided"] > 0 and speed["chunk_s"] > 0
         assert speed["unet_call_ms"]["published"] == {"skipped": "no --published checkout given"}

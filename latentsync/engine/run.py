@@ -42,7 +42,8 @@ class RunResult:
 
 
 class SyncedFrames:
-    """One run of the pipeline: iterate it (once) for the synced uint8 (n, H, W, 3) batches, then ask ``result()``.
+    """One run of the pipeline: iterate it (once) for the output's uint8 (n, H, W, 3) batches, then ask ``result()``:
+    the video's own frames before the speech (``audio_start``), the synced frames, the video's own after it (``keep``).
 
     Stages: decode -> detect/align (one thread), VAE + UNet (one thread: the random draws stay in video order, so
     the output does not depend on the threading), restore (one thread), the consumer behind them. Bounded queues

@@ -58,11 +58,14 @@ class ResnetBlock3D(nn.Module):
         self.output_scale_factor = output_scale_factor
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """``x``: (B*F, C, H, W); ``temb_act``: SiLU of the time embedding, (B, temb_channels)."""
+        """``x``: (B*F, C, H, W), or the first clips of the batch (guidance's shared half); ``temb_act``: SiLU of
+        the time embedding, (B, temb_channels)."""
         h = self.conv1(F.silu(self.norm1(x, num_frames), inplace=True))
         bf, c, hh, ww = h.shape
+        # projected for the whole batch, then its clips' rows taken: a linear layer's bits depend on its batch
+        projected = self.time_emb_proj(temb_act)[:bf // num_frames]
         # In-place adds below only touch fresh outputs of convolutions, which autograd does not keep.
-        h.view(bf // num_frames, num_frames, c, hh * ww).add_(self.time_emb_proj(temb_act)[:, None, :, None])
+        h.view(bf // num_frames, num_frames, c, hh * ww).add_(projected[:, None, :, None])
         h = self.conv2(F.silu(self.norm2(h, num_frames), inplace=True))
         h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
         if self.output_scale_factor != 1.0:

@@ -13,10 +13,13 @@ from .attention_layers import Attention, FeedForward
 
 @dataclass(frozen=True)
 class GuidedAudio:
-    """The audio of a classifier-free-guidance batch whose first half is unconditional (all-zero audio) and whose
-    second half has ``conditional`` (one row per frame of that half). An all-zero context makes a cross-attention's
-    keys and values zero (its projections have no bias), so its output is exactly its output projection's bias: the
-    unconditional half's cross-attention is that bias, and only the conditional half's is computed."""
+    """The audio of a classifier-free-guidance batch: both halves have the same sample, the first half is
+    unconditional (all-zero audio), the second has ``conditional`` (one row per frame of that half).
+
+    An all-zero context makes a cross-attention's keys and values zero (its projections have no bias), so its
+    output is exactly its output projection's bias: the unconditional half's cross-attention is that bias, and only
+    the conditional half's is computed. And until the first cross-attention the halves are the same: the UNet
+    computes that part once, for one half (``BasicTransformerBlock`` then makes both)."""
 
     conditional: torch.Tensor
 
@@ -41,10 +44,11 @@ class BasicTransformerBlock(nn.Module):
         # Each sub-layer returns a fresh tensor, so the residual is added in place.
         x = self.attn1(self.norm1(x), hw=hw).add_(x)
         if self.attn2 is not None and isinstance(audio, GuidedAudio):
-            half = len(x) // 2
-            conditional = self.attn2(self.norm2(x[half:]), audio.conditional, hw=hw)
+            # x: both halves, or (the UNet's first layer) the one the halves share until here
+            half = x[len(x) // 2:] if len(x) > len(audio.conditional) else x
+            conditional = self.attn2(self.norm2(half), audio.conditional, hw=hw)
             unconditional = self.attn2.to_out[0].bias.expand_as(conditional)
-            x = torch.cat([unconditional, conditional]).add_(x)
+            x = torch.cat([unconditional, conditional]).add_(x if len(x) > len(half) else torch.cat([x, x]))
         elif self.attn2 is not None and audio is not None:
             x = self.attn2(self.norm2(x), audio, hw=hw).add_(x)
         return self.ff(self.norm3(x)).add_(x)
@@ -72,5 +76,7 @@ class Transformer3DModel(nn.Module):
         tokens = F.linear(tokens, self.proj_in.weight.view(c, c), self.proj_in.bias)
         for block in self.transformer_blocks:
             tokens = block(tokens, audio, (h, w))
+        if len(tokens) > bf:  # guidance's shared half came out of the cross-attention as both halves
+            x, bf = torch.cat([x, x]), len(tokens)
         tokens = F.linear(tokens, self.proj_out.weight.view(c, c), self.proj_out.bias)
         return torch.add(x, tokens.view(bf, h, w, c).permute(0, 3, 1, 2))  # contiguous like x

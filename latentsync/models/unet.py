@@ -138,6 +138,12 @@ class UNet3DConditionModel(nn.Module):
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
+    @property
+    def _first_layer_hears_audio(self) -> bool:
+        """The first down block's first layer has a cross-attention to the audio (as every published config)."""
+        attentions = self.down_blocks[0].attentions
+        return len(attentions) > 0 and attentions[0].transformer_blocks[0].attn2 is not None
+
     # ----------------------------------------------------------------------------------------------------------
     def _time_embedding(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=device)
@@ -171,19 +177,25 @@ class UNet3DConditionModel(nn.Module):
             sample = 2 * sample - 1.0
 
         temb_act = F.silu(self._time_embedding(timestep, b, sample.device))  # every resnet applies SiLU first
-        x = self.conv_in(sample.transpose(1, 2).reshape(b * num_frames, c, h, w))
+        shared = guided and self._first_layer_hears_audio  # the halves are the same until its cross-attention
+        clips = b // 2 if shared else b
+        x = self.conv_in(sample[:clips].transpose(1, 2).reshape(clips * num_frames, c, h, w))
 
         if deep_cache is not None and deep_cache.reuse:
             # Cached step: only the shallowest branch, conv_in -> last up layer, on the kept deep features.
+            x = torch.cat([x, x]) if shared else x
             x = self._last_up_layer(deep_cache.cached(x), x, temb_act, audio, num_frames)
         else:
-            x = self._full(x, temb_act, audio, num_frames, deep_cache)
+            x = self._full(x, temb_act, audio, num_frames, deep_cache, shared)
 
         x = self.conv_out(F.silu(self.conv_norm_out(x, num_frames), inplace=True))
         return x.view(b, num_frames, -1, h, w).transpose(1, 2).contiguous()
 
-    def _full(self, x, temb_act, audio, num_frames, deep_cache: DeepCacheState | None) -> torch.Tensor:
-        skips = [x]
+    def _full(self, x, temb_act, audio, num_frames, deep_cache: DeepCacheState | None, shared: bool = False
+              ) -> torch.Tensor:
+        """``shared``: ``x`` is the one half of a guidance batch both halves share; the first layer's transformer
+        makes both."""
+        skips = [torch.cat([x, x]) if shared else x]
         for block in self.down_blocks:
             x, block_skips = block(x, temb_act, audio, num_frames)
             skips.extend(block_skips)
