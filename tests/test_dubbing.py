@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from latentsync.frames import pingpong_index
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 from comfyui_server import write_clip
@@ -84,8 +85,9 @@ def test_keep_passes_the_tail_through_and_pads_the_sound(setup):
     assert pipeline(setup, audio_start=0.2).frames(frames, audio, fps=25).num_frames == 17
 
 
-@pytest.mark.parametrize("mode, expected", [("loop", lambda i: i % 25), ("hold", lambda i: min(i, 24))])
-def test_loop_and_hold_when_the_speech_outlasts_the_video(setup, mode, expected):
+@pytest.mark.parametrize("mode, expected", [("pingpong", lambda i: pingpong_index(i, 25)), ("loop", lambda i: i % 25),
+                                            ("hold", lambda i: min(i, 24))])
+def test_pingpong_loop_and_hold_after_a_lead(setup, mode, expected):
     frames, audio = setup["frames"], make_audio(setup["media"], setup["folder"], 1.4)  # 35 frames of speech
     produced = collect(pipeline(setup, audio_start=0.2, when_audio_is_longer=mode).frames(frames, audio, fps=25))
     assert len(produced) == 5 + 35
