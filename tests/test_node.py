@@ -480,6 +480,24 @@ def test_dubbing_widgets_place_the_speech_and_the_mouth_mask_output(package, nod
     assert video.get_components().audio is sound
 
 
+def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_any_work(package, node_env, short_clip,
+                                                                                 monkeypatch):
+    import types
+
+    images, _, audio, fps = short_clip
+    model = load_model(package)
+    memory = library("memory_limiter")
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10 ** 6))
+    prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
+              "9": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 3]}}}
+    with pytest.raises(MemoryError, match="the mouth_mask output would take .* disconnect mouth_mask and use the "
+                                          "video output$"):
+        run_node(package, model, audio, images=images, fps=fps, prompt=prompt)
+    with pytest.raises(MemoryError, match="the frames and mouth_mask output would take"):
+        run_node(package, model, audio, images=images, fps=fps, prompt=prompt, output_mode="frames")
+    assert [p for p in node_env["base"].rglob("*.mp4")] == []  # nothing ran
+
+
 def test_exactly_one_of_video_and_images(package, node_env, short_clip):
     from comfy_api.input_impl import VideoFromFile
 
