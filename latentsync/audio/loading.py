@@ -179,9 +179,6 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-__all__ = ["SAMPLE_RATE", "AudioSource", "load_audio", "waveform_to_16k", "resample"]
-
-
 def placed(waveform, sample_rate: int, delay: float, duration: float):
     """``waveform`` (..., samples; numpy or torch) after ``delay`` seconds of silence and padded with silence to
     ``duration`` seconds (never cut): the sound of an output whose speech starts inside the video."""
@@ -194,3 +191,7 @@ def placed(waveform, sample_rate: int, delay: float, duration: float):
         return torch.cat([waveform.new_zeros(*shape, before), waveform, waveform.new_zeros(*shape, after)], dim=-1)
     pad = [(0, 0)] * (waveform.ndim - 1) + [(before, after)]
     return np.pad(waveform, pad)
+
+
+__all__ = ["SAMPLE_RATE", "AudioSource", "load_audio", "waveform_to_16k", "resample", "placed"]
+

@@ -51,7 +51,8 @@ class PingPongAlign:
         """Align the source frames once and keep them; the geometry (affine, has_face, anchors) of every frame."""
         plan, known, size = self.plan, self.plan.track, self.plan.group_frames
         count = plan.source.num_frames
-        needed = None if known is None else {plan.timeline.source_index(i) // size for i in range(plan.first, plan.stop)}
+        order = plan.timeline.source_index
+        needed = None if known is None else {order(i) // size for i in range(plan.first, plan.stop)}
         affines, has_faces, anchors = [], [], []  # small: kept in RAM
         batches = frames_between(plan.source, 0, count, size, pool.allocate)
         try:

@@ -87,8 +87,9 @@ class VideoWriter:
 
     Frames go through an ffmpeg pipe into a hidden temporary file beside `out_path`. On a clean close the
     audio (from `audio`; with `audio_delay` seconds of silence before it and silence after it up to the video's
-    end; trimmed to the video's duration frames/fps) is muxed as AAC and the result renamed onto `out_path` with os.replace. On any error or interrupt the
-    process is killed and every temporary file removed; `out_path` is never created or modified.
+    end; trimmed to the video's duration frames/fps) is muxed as AAC and the result renamed onto `out_path` with
+    os.replace. On any error or interrupt the process is killed and every temporary file removed; `out_path` is
+    never created or modified.
 
     Odd widths/heights are padded by one replicated row/column (yuv420p needs even sizes): the output is
     then (width + width % 2) x (height + height % 2); see `output_size`.
