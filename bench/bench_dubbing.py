@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +36,7 @@ from latentsync.audio import WhisperEncoder, load_audio  # noqa: E402
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions  # noqa: E402
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints  # noqa: E402
 from latentsync.video import VideoWriter, iter_frame_batches  # noqa: E402
+from bench_memory import looped_speech  # noqa: E402
 from report import write_report  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -53,13 +53,6 @@ def clip(folder: Path, seconds: float, scale: int) -> Path:
             writer.write(batch[:count - writer.frames_written])
             if writer.frames_written >= count:
                 break
-    return out
-
-
-def speech(folder: Path, seconds: float) -> Path:
-    samples, rate = soundfile.read(MEDIA / "long_speech_39s.wav", dtype="int16")
-    out = folder / f"speech_{seconds:g}.wav"
-    soundfile.write(out, samples[:int(seconds * rate)], rate, subtype="PCM_16")
     return out
 
 
@@ -136,8 +129,8 @@ def main() -> int:
         folder = Path(tmp)
         config = make_tiny_checkpoints(folder / "checkpoints")
         models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
-        video, short, long = clip(folder, seconds, args.scale), speech(folder, 0.75 * seconds), speech(
-            folder, 1.5 * seconds)
+        video = clip(folder, seconds, args.scale)
+        short, long = looped_speech(0.75 * seconds, folder), looped_speech(1.5 * seconds, folder)
         timed(models, {}, video, short, folder / "warmup.mp4", 1)  # first-call costs out of every run
         placing = relative({
             "baseline (cut)": timed(models, {}, video, short, folder / "a.mp4", args.steps),

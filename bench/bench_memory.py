@@ -42,17 +42,11 @@ def peak_rss_of(command: list[str], env: dict) -> tuple[float, float, int]:
 
 
 def looped_speech(seconds: float, folder: Path) -> Path:
+    """The first ``seconds`` of long_speech_39s.wav, played again as often as needed."""
     speech, rate = soundfile.read(MEDIA / "long_speech_39s.wav", dtype="int16")
     reps = int(np.ceil(seconds * rate / len(speech)))
-    path = folder / f"speech_{int(seconds)}s.wav"
+    path = folder / f"speech_{seconds:g}s.wav"
     soundfile.write(path, np.tile(speech, reps)[: int(seconds * rate)], rate, subtype="PCM_16")
-    return path
-
-
-def speech_of(seconds: float, folder: Path) -> Path:
-    speech, rate = soundfile.read(MEDIA / "long_speech_39s.wav", dtype="int16")
-    path = folder / f"speech_first_{seconds:g}s.wav"
-    soundfile.write(path, speech[: int(seconds * rate)], rate, subtype="PCM_16")
     return path
 
 
@@ -88,8 +82,8 @@ def main() -> int:
             runs.update(short=(demo, MEDIA / "demo1_audio.wav", []),
                         long=(demo, looped_speech(args.long_seconds, folder), []))
         if args.pair in ("both", "kept"):
-            runs.update(kept_short=(demo, speech_of(1.0, folder), dub),
-                        kept_long=(looped_video(args.kept_seconds, folder), speech_of(1.0, folder), dub))
+            runs.update(kept_short=(demo, looped_speech(1.0, folder), dub),
+                        kept_long=(looped_video(args.kept_seconds, folder), looped_speech(1.0, folder), dub))
         results = {}
         for name, (video, audio, extra) in runs.items():
             out = folder / f"{name}.mp4"
