@@ -132,7 +132,8 @@ def same_settings(recorded: dict | None, settings: dict) -> bool:
     if recorded is None or set(recorded) - set(settings):
         return False
     defaults = {option.field: option.default for option in (*LOAD.values(), *RUN.values())}
-    return all(recorded.get(name, defaults.get(name, recorded)) == value for name, value in settings.items())
+    unknown = object()  # a setting neither recorded nor an option: never the same
+    return all(recorded.get(name, defaults.get(name, unknown)) == value for name, value in settings.items())
 
 
 def job_record(job: Job, **fields) -> dict:

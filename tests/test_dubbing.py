@@ -5,7 +5,6 @@ frame says which source frame it was made from; files are written lossless (ffv1
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 
@@ -13,7 +12,7 @@ from latentsync.frames import pingpong_index
 from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 from comfyui_server import write_clip
-from test_pipeline import decode, make_audio, read_stamp, stamp
+from test_pipeline import decode, make_audio, read_stamp, sound_of, stamp
 
 STEPS = dict(steps=2, detector="dlib")
 
@@ -34,12 +33,6 @@ def pipeline(setup, **options) -> LipSyncPipeline:
 
 def collect(run) -> np.ndarray:
     return np.concatenate([batch.copy() for batch in run])
-
-
-def sound_of(path) -> tuple[np.ndarray, int]:
-    with av.open(str(path)) as container:
-        rate = container.streams.audio[0].sample_rate
-        return np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(audio=0)]), rate
 
 
 def test_audio_start_passes_the_lead_through_and_syncs_as_the_cut_video(setup):

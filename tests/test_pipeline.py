@@ -41,6 +41,13 @@ def decode(path: Path) -> np.ndarray:
     return np.concatenate(list(iter_frame_batches(path, 64)))
 
 
+def sound_of(path) -> tuple[np.ndarray, int]:
+    """A file's first audio stream decoded: the channels' mean, and its sample rate."""
+    with av.open(str(path)) as container:
+        rate = container.streams.audio[0].sample_rate
+        return np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(audio=0)]), rate
+
+
 def stream_info(path: Path) -> dict:
     with av.open(str(path)) as container:
         video = container.streams.video[0]

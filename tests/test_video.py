@@ -14,6 +14,7 @@ import pytest
 from latentsync import video as video_module
 from latentsync.video import (MediaError, VideoWriter, choose_video_encoder, count_frames, find_ffmpeg,
                               iter_frame_batches, nvenc_available, probe_video, read_frames, write_wav)
+from test_pipeline import sound_of
 
 FAST = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p"]
 
@@ -247,9 +248,7 @@ def test_audio_delay_places_the_sound_and_pads_it_with_silence(tmp_path, small_f
         writer.write(small_frames[:25])
     facts = _stream_facts(out)
     assert facts["audio"] == 1 and abs(facts["duration"] - 2.0) <= 0.04
-    with av.open(str(out)) as container:
-        rate = container.streams.audio[0].sample_rate
-        sound = np.concatenate([frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)])
+    sound, rate = sound_of(out)
     loud = np.flatnonzero(np.abs(sound) > 0.05) / rate  # AAC's priming samples are skipped by the decoder
     assert abs(loud[0] - 0.48) < 0.01 and abs(loud[-1] - 1.48) < 0.01  # silence, the tone, silence
     assert len(sound) / rate > 1.95  # padded to the video's end

@@ -24,8 +24,6 @@ class RunPlan:
     timeline: Timeline  # which output frames pass through and which are synced (the dubbing options)
     memory: MemoryPlan  # as planned (a stage that runs out of memory continues with smaller batches)
     chunk_size: int  # frames per motion-module window (the checkpoints' num_frames)
-    first: int  # the synced frames made: [first, stop) (a segment of a split run; else all)
-    stop: int
     output: tuple[int, int]  # the output frames delivered: [start, stop) (a segment's; else all)
     track: FaceTrack | None = None  # a segment's: the whole clip's face track (nothing is detected); else None
     warnings: tuple[str, ...] = ()
@@ -34,6 +32,15 @@ class RunPlan:
     def num_frames(self) -> int:
         """Synced frames of the whole run: the speech's length."""
         return self.timeline.speech
+
+    @property
+    def first(self) -> int:
+        """The synced frames made are [first, stop): those among the output frames delivered."""
+        return min(max(self.output[0] - self.timeline.lead, 0), self.timeline.speech)
+
+    @property
+    def stop(self) -> int:
+        return min(max(self.output[1] - self.timeline.lead, 0), self.timeline.speech)
 
     @property
     def fps(self) -> Fraction:
@@ -83,7 +90,6 @@ def plan_run(models, options, video, audio, fps: float | None = None, segment=No
     timeline = plan_timeline(options, whole.num_frames, whole.fps, speech)
     source = frames_from(whole, timeline.lead)
     output = (segment.start, segment.stop) if segment is not None else (0, timeline.total)
-    first, stop = (min(max(end - timeline.lead, 0), speech) for end in output)  # the synced frames among them
     if segment is not None:
         _check_segment(segment, timeline, models.chunk_size)
     hardware = detect_hardware(str(models.device))
@@ -98,7 +104,7 @@ def plan_run(models, options, video, audio, fps: float | None = None, segment=No
         warnings = (f"speech too short: it lasts {len(samples) / 16000:.2f} s, so the output has only {speech} "
                     f"synced frame(s); the model syncs {models.chunk_size} frames at a time: give at least "
                     f"{models.chunk_size / float(source.fps):.2f} s of speech",)
-    return RunPlan(whole, source, samples, timeline, memory, models.chunk_size, first, stop, output,
+    return RunPlan(whole, source, samples, timeline, memory, models.chunk_size, output,
                    None if segment is None else segment.track, warnings)
 
 
