@@ -46,6 +46,11 @@ class DenoiseSettings:
     # pixels over which the generated mouth fades into the original face in the final blend (0 = the published
     # hard blend); what the UNet sees never changes
     mouth_feather: int = 0
+    # guidance's two halves through the UNet one after the other (the unconditional one with all-zero audio, as
+    # published) instead of as one batch of two: about half the activations, the same result within float16
+    # tolerance (a batch's size can change a kernel's summation order)
+    guidance_in_sequence: bool = False
+    offload_vae: bool = False  # the VAE's weights on the CPU while the UNet runs (the next batch moves them back)
 
     def __post_init__(self):  # the user's values come checked (PipelineOptions); these are the engine's own
         if self.chunk_size < 1 or self.chunks_per_call < 1 or self.vae_batch < 1:
@@ -104,9 +109,10 @@ class LipSyncDenoiser:
         noise = torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
         self.initial_noise = noise * self.scheduler.init_noise_sigma
 
-    def resize(self, chunks_per_call: int, vae_batch: int) -> None:
+    def resize(self, chunks_per_call: int, vae_batch: int, guidance_in_sequence: bool = False) -> None:
         """Smaller batches (after an out-of-memory error); the draws, and so the result, do not change."""
-        self.settings = replace(self.settings, chunks_per_call=chunks_per_call, vae_batch=vae_batch)
+        self.settings = replace(self.settings, chunks_per_call=chunks_per_call, vae_batch=vae_batch,
+                                guidance_in_sequence=guidance_in_sequence or self.settings.guidance_in_sequence)
 
     def generator_state(self) -> torch.Tensor:
         """The random generator's state: restored with ``rewind``, a chunk redone gets the same noise."""
@@ -185,35 +191,46 @@ class LipSyncDenoiser:
                        to_video(c["masked_latents"]), to_video(c["reference_latents"])], dim=1)
             for c in batch])  # (n, 9, F, h, w)
         audio = torch.cat([c["audio"] for c in batch])  # (n*F, T, d)
-        if self.guided:
-            condition = torch.cat([condition, condition])
-            # the unconditional half's all-zero audio is not built: its cross-attention is exactly a bias, and the
-            # UNet computes the halves' shared part once (same bits)
-            audio = GuidedAudio(audio)
         latents = self.initial_noise.expand(n, -1, frames, -1, -1).clone()
 
-        # A fresh DeepCache state per batch: chunks never reuse another batch's features.
+        # The UNet calls of a step, each with its audio and its own DeepCache state (fresh per batch: chunks never
+        # reuse another batch's features). Guidance: the halves as one batch of two, the unconditional half's
+        # all-zero audio never built (its cross-attention is exactly a bias, the halves' shared part computed once:
+        # the same bits); or, ``guidance_in_sequence``, two calls, the first with the published all-zero audio.
         interval = self.settings.deepcache_interval
-        cache = DeepCacheState(interval) if interval > 1 else None
-        unet = self.compiled.unet if self.compiled is not None and cache is None else self.unet
+        in_sequence = self.guided and self.settings.guidance_in_sequence
+        if in_sequence:
+            audios = [torch.zeros_like(audio), audio]
+        elif self.guided:
+            condition, audios = torch.cat([condition, condition]), [GuidedAudio(audio)]
+        else:
+            audios = [audio]
+        calls = [(call_audio, DeepCacheState(interval) if interval > 1 else None) for call_audio in audios]
+        unet = self.compiled.unet if self.compiled is not None and interval <= 1 else self.unet
+        if self.settings.offload_vae:
+            self.vae.to("cpu")
 
         # Nothing in this loop waits for the device (no value of it is read on the host): on CUDA the host queues
         # the steps ahead of the GPU. DDIM's scale_model_input is the identity.
         for index, step in enumerate(self.steps):
             t = step.timestep
-            model_input = torch.cat([latents, latents]) if self.guided else latents
+            model_input = torch.cat([latents, latents]) if self.guided and not in_sequence else latents
             model_input = torch.cat([model_input, condition], dim=1)
-            extra = {} if cache is None else {"deep_cache": cache.step(index)}  # off: the exact UNet call
-            noise = unet(model_input, t, encoder_hidden_states=audio, **extra)
-            noise = getattr(noise, "sample", noise)
+            noises = [_sample(unet(model_input, t, encoder_hidden_states=call_audio,
+                                   **({} if cache is None else {"deep_cache": cache.step(index)})))
+                      for call_audio, cache in calls]  # DeepCache off: the exact UNet call
             if self.guided:
-                unconditional, conditional = noise.chunk(2)
+                unconditional, conditional = noises if in_sequence else noises[0].chunk(2)
                 noise = unconditional + self.settings.guidance_scale * (conditional - unconditional)
+            else:
+                noise = noises[0]
             latents = step.update(noise, latents)
             if on_step is not None:
                 on_step(index + 1, len(self.steps))
 
         outputs = []
+        if self.settings.offload_vae:
+            self.vae.to(self.device)
         for i, cond in enumerate(batch):
             decoded = self._decode(latents[i].permute(1, 0, 2, 3))
             # keep the generated mouth (mask 0), the original face elsewhere
@@ -225,6 +242,10 @@ class LipSyncDenoiser:
         batch = self.settings.vae_batch
         decode = self.compiled.decode if self.compiled is not None else (lambda z: self.vae.decode(z).sample)
         return torch.cat([decode(latents[i:i + batch]) for i in range(0, latents.shape[0], batch)])
+
+
+def _sample(output):
+    return getattr(output, "sample", output)
 
 
 def normalised_faces(faces: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import torch
 
+# stabilityai/sd-vae-ft-mse's config.json: the VAE every LatentSync version uses
+SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                 "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+                 "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 32,
+                 "sample_size": 512, "scaling_factor": 0.18215}
+
 
 def load_vae(vae_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """``AutoencoderKL`` from ``vae_dir`` (config.json + diffusion_pytorch_model.safetensors), in eval mode."""

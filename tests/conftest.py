@@ -22,3 +22,12 @@ def media_dir() -> Path:
     if not MEDIA.is_dir():
         pytest.fail(f"media clips not found at {MEDIA}: the tests need ../shared beside the repo")
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def vram_models(tmp_path_factory):
+    """The VRAM model of each version at full size, its counts shared by the session (counted once, in seconds)."""
+    from latentsync.vram import ModelShapes, VramModel
+
+    cache = tmp_path_factory.mktemp("vram") / "counts.json"
+    return {version: VramModel(ModelShapes.of_version(version), cache) for version in ("1.6", "1.5")}

@@ -210,6 +210,7 @@ class WhisperEncoder:
         less) gives the published features unchanged.
         """
         whisper = _whisper()
+        self.model.to(self.device)  # back from the CPU if a memory tier put it there (``offload``)
         samples = _as_tensor(audio)
         if samples.shape[0] < 2 * HOP_LENGTH:
             raise ValueError(f"the audio ({samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms) is too short: it needs at "
@@ -233,6 +234,10 @@ class WhisperEncoder:
                 step += keep
         assert step == out.shape[0]
         return out
+
+    def offload(self) -> None:
+        """Weights to the CPU until the next ``features`` (the memory tiers that keep the GPU for the UNet)."""
+        self.model.to("cpu")
 
     def _seamless(self, mel: torch.Tensor, window_batch: int) -> torch.Tensor:
         """Features from windows that overlap by half (a new one every 15 s while the last one ends before the

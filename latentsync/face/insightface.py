@@ -24,6 +24,8 @@ BROW1_106 = [43, 48, 49, 51, 50]
 BROW2_106 = [101, 102, 103, 104, 105]
 NOSE_106 = [74, 77, 83, 86]
 # outputs of the detector -> (feature maps, strides, anchors per position), as insightface's SCRFD reads them
+from ..vram import DETECTOR_ARENA  # noqa: E402
+
 SCRFD_LAYOUTS = {6: (3, (8, 16, 32), 2), 9: (3, (8, 16, 32), 2), 10: (5, (8, 16, 32, 64, 128), 1),
                  15: (5, (8, 16, 32, 64, 128), 1)}
 
@@ -33,7 +35,9 @@ def _ort_providers(device: str) -> list:
 
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         index = int(str(device).split(":")[1]) if ":" in str(device) else 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        # its arena capped (and grown only as asked), so the VRAM model's constant for it holds
+        return [("CUDAExecutionProvider", {"device_id": index, "gpu_mem_limit": DETECTOR_ARENA,
+                                           "arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

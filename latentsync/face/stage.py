@@ -111,17 +111,19 @@ class FaceStage:
 
     def __init__(self, detector: FaceDetector | None, resolution: int = 512, device="cpu",
                  fp16_matrices: bool = True, roi_warp: bool | None = None, face: int = 0,
-                 warp_dtype: torch.dtype | None = None):
+                 warp_dtype: torch.dtype | None = None, recipe: str | None = None):
         self.detector = detector
         self.face = face  # 0 = the largest of each frame (the reference), N = the N-th from the left, followed
         self.geometry = CropGeometry(resolution)
         self.resolution = resolution
         self.device = torch.device(device)
+        # whose recipe the warp follows: the device's own by default ("cuda" on CPU tensors: the VRAM model's count)
+        self.recipe = recipe or self.device.type
         self.fp16_matrices = fp16_matrices  # round matrices through float16 as the reference does
-        self.roi_warp = self.device.type == "cpu" if roi_warp is None else roi_warp
+        self.roi_warp = self.recipe == "cpu" if roi_warp is None else roi_warp
         # the face warp's dtype: float16 on CUDA, as the published AlignRestore warps there (the CPU, where the
         # published pipeline does not run, keeps float32)
-        self.warp_dtype = warp_dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.warp_dtype = warp_dtype or (torch.float16 if self.recipe == "cuda" else torch.float32)
         self._template = torch.tensor(self.geometry.template, dtype=torch.float32)
         self.reset()
 
@@ -217,7 +219,7 @@ class FaceStage:
                                                      mode="bilinear", padding_mode="fill", fill_value=fill)
         crop = crop.clamp_(0, 255).to(torch.uint8)  # the reference truncates (numpy astype) the warped crop
         r = self.resolution
-        if self.device.type == "cpu":  # OpenCV itself: bit-identical to resize_lanczos4_u8 and faster here
+        if self.recipe == "cpu":  # OpenCV itself: bit-identical to resize_lanczos4_u8 and faster here
             hwc = crop.permute(0, 2, 3, 1).numpy()
             out = np.stack([cv2.resize(c, (r, r), interpolation=cv2.INTER_LANCZOS4) for c in hwc])
             return torch.from_numpy(out).permute(0, 3, 1, 2)
