@@ -273,6 +273,17 @@ class LatentSyncModel:
             model_management.soft_empty_cache()
 
 
+def free_vram(device) -> int | None:
+    """Bytes ComfyUI's model management says are free on ``device`` after its own reserve (None on the CPU or
+    outside ComfyUI): the VRAM plan's budget, beside the weights it has just loaded."""
+    import torch
+
+    model_management = _module("comfy.model_management")
+    if model_management is None or torch.device(device).type != "cuda":
+        return None
+    return max(0, int(model_management.get_free_memory(device)) - int(model_management.minimum_inference_memory()))
+
+
 def _concrete(wanted, actual):
     """``wanted`` with the index ``actual`` has when ``wanted`` names none (cuda == cuda:0 for this check)."""
     import torch

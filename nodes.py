@@ -17,6 +17,7 @@ set's), LATENTSYNC_OUTPUT_DIR (where results go when ComfyUI is not running).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -37,7 +38,7 @@ FRAMES_OUTPUT, MASK_OUTPUT = 2, 3  # indexes of the IMAGE and MASK outputs
 REQUIRED_CHOICES = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level",
                     "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache")
 OPTIONAL_CHOICES = ("face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start",
-                    "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context")
+                    "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget")
 
 bridge.register_model_folder()
 
@@ -166,6 +167,7 @@ class LatentSyncLipSync:
             try:
                 progress("models to the device", 0, 1)
                 with model.in_use(release_after=options.memory_mode == "aggressive") as models:
+                    options = dataclasses.replace(options, vram_free=bridge.free_vram(models.device))
                     result = LipSyncPipeline(models, options).run(
                         frames_in, audio, path, fps=frame_rate, progress=progress,
                         should_cancel=bridge.interrupted, frame_sink=collector, mask_sink=masks)

@@ -91,6 +91,25 @@ def detector_report(root: Path) -> dict:
     return {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_detectors(root).items()}
 
 
+def vram_report(device: str) -> dict:
+    """For the card found: the memory tier each version would run at with the VRAM free now, and its modelled
+    peak (counted on the real modules, cached in the user's cache folder after the first time)."""
+    if device != "cuda":
+        return {"skipped": "no CUDA GPU (bench/bench_vram.py shows the card each tier needs)"}
+    from latentsync.memory_limiter import OutOfMemory, Workload, detect_hardware, plan_memory
+    from latentsync.vram import CUDA_CONTEXT, GB, VramModel
+
+    hardware, found = detect_hardware("cuda"), {}
+    for version, resolution in (("1.6", 512), ("1.5", 256)):
+        try:
+            plan = plan_memory(hardware, Workload(resolution), None, VramModel.of_version(version))
+            found[version] = {"tier": plan.tier, "modelled_gb": round((plan.modelled_peak + CUDA_CONTEXT) / GB, 2),
+                              "batches": [plan.chunks_per_call, plan.vae_batch, plan.face_batch]}
+        except OutOfMemory as error:
+            found[version] = {"tier": None, "error": str(error)}
+    return {"card": hardware.name, "free_gb": round(hardware.free_vram / GB, 2), "versions": found}
+
+
 def checkpoint_report(version: str, folder: str | None, unet_config: str | None = None) -> dict:
     from latentsync.checkpoints import (BUFFALO_DIR, BUFFALO_FILES, VAE_FILES, WHISPER_FILE, describe_file,
                                         get_version, search_dirs)
@@ -170,6 +189,7 @@ def build_report(version: str, folder: str | None, unet_config: str | None = Non
     device = "cuda" if report["torch"].get("cuda_available") else "cpu"
     report["runs_on"] = device
     report["attention"] = _section("attention", lambda: attention_report(device))
+    report["vram"] = _section("vram", lambda: vram_report(device))
     report["ffmpeg"] = _section("ffmpeg", ffmpeg_report)
     report["onnxruntime"] = _section("onnxruntime", onnxruntime_report)
     report["checkpoints"] = _section("checkpoints", lambda: checkpoint_report(version, folder, unet_config))
@@ -199,6 +219,14 @@ def print_table(report: dict) -> None:
               f"{row.get('reason') or ''}")
     if isinstance(attention, dict):
         print(f"  BROKEN: {attention['error']}")
+    vram = report["vram"]
+    if "versions" in vram:
+        print(f"\n  VRAM ({vram['card']}, {vram['free_gb']} GB free)")
+        for version, info in vram["versions"].items():
+            print(f"    LatentSync {version}: " + (f"{info['tier']} tier, modelled peak {info['modelled_gb']} GB"
+                                                   if info["tier"] else info["error"]))
+    else:
+        print(f"\n  VRAM         {vram.get('skipped') or vram.get('error')}")
     f = report["ffmpeg"]
     print(f"\n  ffmpeg       {f.get('ffmpeg') or 'NOT FOUND'}\n  NVENC        {'yes' if f.get('nvenc') else 'no'}")
     o = report["onnxruntime"]

@@ -12,10 +12,10 @@ import torch
 
 from .options import MEMORY_MODES, OPTIMIZATION_LEVELS, PipelineOptions  # noqa: F401 (the first two re-exported)
 from .errors import OutOfMemory  # noqa: F401 (raised here; defined with the others)
+from .vram import CUDA_CONTEXT, GB, TIER_HELP, TIERS, GpuWork, Tier, VramModel
 
 log = logging.getLogger("latentsync.memory")
 
-GB = 1024 ** 3
 # Share of free RAM the revisitable frames may take before the plan moves them to a disk cache.
 RAM_SHARE_BEFORE_DISK = {"aggressive": 0.0, "balanced": 0.25, "conservative": 0.6}
 
@@ -51,6 +51,8 @@ class MemoryPlan:
     vram_fraction: float  # 0 = no cap
     disk_cache: bool  # keep revisited frames in a disk cache instead of RAM
     reasons: tuple[str, ...] = field(default=())
+    tier: str = "default"  # the memory tier (latentsync.vram.TIERS): what else is done to fit the budget
+    modelled_peak: int = 0  # bytes the run needs on the GPU beside its CUDA context (0: not a CUDA plan)
 
     @property
     def batches(self) -> Batches:
@@ -59,6 +61,20 @@ class MemoryPlan:
     def with_batches(self, batches: Batches) -> "MemoryPlan":
         return replace(self, chunks_per_call=batches.chunks_per_call, vae_batch=batches.vae_batch,
                        face_batch=batches.face_batch)
+
+    @property
+    def guidance_in_sequence(self) -> bool:
+        return Tier(self.tier).guidance_in_sequence
+
+    @property
+    def offload(self) -> bool:
+        """Whisper, the VAE and the face detector off the GPU while the UNet runs."""
+        return Tier(self.tier).offload
+
+    @property
+    def streamed(self) -> bool:
+        """The UNet's weights streamed block by block from host memory."""
+        return Tier(self.tier).streamed
 
 
 def detect_hardware(device: str | None = None) -> Hardware:
@@ -73,17 +89,6 @@ def detect_hardware(device: str | None = None) -> Hardware:
     return Hardware(wanted if wanted == "mps" else "cpu", wanted, total_ram=ram.total, free_ram=ram.available)
 
 
-def _profile(hardware: Hardware, budget: int) -> tuple[str, int, int, int]:
-    """(name, chunks per UNet call, VAE batch, face batch) by the VRAM the run may plan for."""
-    if hardware.device != "cuda":
-        return "cpu", 1, 4, 16
-    if budget > 20 * GB:
-        return "high (>20 GB)", 2, 16, 32
-    if budget > 8 * GB:
-        return "medium (>8 GB)", 1, 8, 16
-    return "low (<=8 GB)", 1, 2, 8
-
-
 @dataclass(frozen=True)
 class Workload:
     """What a run asks of the machine, as far as planning goes."""
@@ -92,34 +97,49 @@ class Workload:
     source_frames: int = 0
     frame_shape: tuple[int, int] = (0, 0)  # (height, width) of the video
     revisits: bool = False  # the audio outlasts the video, so frames and faces are visited again (ping-pong)
+    attention: str = "flash"  # the attention kernel the run uses
+    guided: bool = True  # classifier-free guidance (lips_expression above 1)
+    weights_on_gpu: int = 0  # bytes of the run's weights on the GPU already (not in the free memory read)
 
 
-def plan_memory(hardware: Hardware, work: Workload, choices=None) -> MemoryPlan:
-    """Choose batch sizes and modes for ``work`` on ``hardware``; ``choices`` (a ``PipelineOptions``; default: the
-    defaults) gives the optimization level and memory mode, and its explicit ``vram_fraction`` / ``disk_cache``
-    override the profile."""
+# the largest batches a plan starts from, by optimization level: (chunks per UNet call, VAE batch, face batch)
+LARGEST = {"conservative": (1, 8, 16), "balanced": (2, 16, 32), "aggressive": (4, 32, 32)}
+CONSERVATIVE_BUDGET = 8 * GB  # conservative plans as on an 8 GB card
+CPU_BATCHES = (1, 4, 16)
+PLANNED_FRAME = (1080, 1920)  # (height, width) planned for when a workload does not say
+
+
+def plan_memory(hardware: Hardware, work: Workload, choices=None, vram: VramModel | None = None) -> MemoryPlan:
+    """Choose batch sizes, the memory tier and modes for ``work`` on ``hardware``. On CUDA, ``vram`` (the models'
+    VRAM model) gives each candidate's modelled peak, and the plan is the first tier, with the largest batches,
+    whose peak fits the budget (``vram_budget``).
+
+    ``choices`` (a ``PipelineOptions``; default: the defaults) gives the optimization level and memory mode."""
     choices = choices if choices is not None else PipelineOptions()
     optimization_level, memory_mode = choices.optimization_level, choices.memory_mode
     vram_fraction, disk_cache = choices.vram_fraction, choices.disk_cache
-    resolution = work.resolution
-    budget = int(hardware.total_vram * vram_fraction) if vram_fraction else hardware.total_vram
-    name, chunks, vae_batch, face_batch = _profile(hardware, budget)
-    reasons = [f"profile {name} on {hardware.name}"]
-    scale = 512 / max(resolution, 1)  # smaller faces: larger VAE batches fit
-    vae_batch = max(1, int(vae_batch * scale * scale)) if hardware.device == "cuda" else vae_batch
-    if optimization_level == "conservative":
-        chunks, vae_batch, face_batch = 1, max(1, vae_batch // 4), max(4, face_batch // 2)
-    elif optimization_level == "aggressive" and hardware.device == "cuda":
-        chunks, vae_batch = chunks * 2, vae_batch * 2
-
     dtype = torch.float32
     if hardware.device == "cuda" and hardware.capability[0] > 7:
         dtype = torch.float16  # what the published pipeline uses on these GPUs
+    tier, peak = "default", 0
+    if hardware.device == "cuda" and vram is not None:
+        budget, said = vram_budget(hardware, choices, work.weights_on_gpu)
+        gpu_work, found = fit(vram, work, dtype, budget, optimization_level)
+        if found is None:
+            raise OutOfMemory(_too_small(said, budget, vram.peak(gpu_work)))
+        chunks, vae_batch, face_batch = gpu_work.chunks_per_call, gpu_work.vae_batch, gpu_work.face_batch
+        tier, peak, name = gpu_work.tier, found.total, f"{gpu_work.tier} tier"
+        reasons = [f"{name}: modelled peak {peak / GB:.2f} GB ({found.stage} sets it) within the {budget / GB:.2f} "
+                   f"GB budget ({said}) on {hardware.name}: {TIER_HELP[tier]}"]
+    else:
+        name, (chunks, vae_batch, face_batch) = hardware.device, CPU_BATCHES
+        reasons = [f"profile {name} on {hardware.name}"]
     if not vram_fraction and hardware.device == "cuda" and optimization_level == "conservative":
-        vram_fraction = min(0.95, 8 * GB / hardware.total_vram) if hardware.total_vram else 0.0
+        vram_fraction = min(0.95, CONSERVATIVE_BUDGET / hardware.total_vram) if hardware.total_vram else 0.0
         reasons.append(f"conservative: VRAM capped at {vram_fraction:.2f} of {hardware.total_vram / GB:.0f} GB")
 
     if disk_cache is None:
+        resolution = work.resolution
         frame_bytes = work.frame_shape[0] * work.frame_shape[1] * 3 + resolution * resolution * 3
         working_set = work.source_frames * frame_bytes if work.revisits else 0
         disk_cache = work.revisits and working_set > RAM_SHARE_BEFORE_DISK[memory_mode] * hardware.free_ram
@@ -127,7 +147,62 @@ def plan_memory(hardware: Hardware, work: Workload, choices=None) -> MemoryPlan:
             reasons.append(f"revisited frames need {working_set / GB:.2f} GB of "
                            f"{hardware.free_ram / GB:.1f} GB free RAM: {'disk' if disk_cache else 'memory'} mode")
     return MemoryPlan(name, hardware.device, dtype, chunks, vae_batch, face_batch, vram_fraction, disk_cache,
-                      tuple(reasons))
+                      tuple(reasons), tier, peak)
+
+
+def vram_budget(hardware: Hardware, choices, weights_on_gpu: int = 0) -> tuple[int, str]:
+    """Bytes the run may have on the GPU beside its CUDA context, and where the number comes from (words): the
+    smallest of ``vram_budget`` (GB, the context included), the share ``vram_fraction`` of the card and
+    conservative's 8 GB, else what is free now plus the run's weights already on the GPU."""
+    given = []
+    if choices.vram_budget:
+        given.append((int(choices.vram_budget * GB) - CUDA_CONTEXT, f"vram_budget {choices.vram_budget:g} GB"))
+    if choices.vram_fraction:
+        given.append((int(hardware.total_vram * choices.vram_fraction) - CUDA_CONTEXT,
+                      f"vram_fraction {choices.vram_fraction:g} of {hardware.total_vram / GB:.1f} GB"))
+    if choices.optimization_level == "conservative":
+        given.append((CONSERVATIVE_BUDGET - CUDA_CONTEXT, "conservative: as on an 8 GB card"))
+    if given:
+        return min(given)
+    if choices.vram_free is not None:
+        return choices.vram_free + weights_on_gpu, "free for it, as its host says"
+    return hardware.free_vram + weights_on_gpu, "free now"
+
+
+def fit(vram: VramModel, work: Workload, dtype: torch.dtype, budget: int, optimization_level: str = "balanced"):
+    """The first tier and, within it, the largest batches whose modelled peak fits ``budget``: (GpuWork, Peak); the
+    Peak is None when even the last tier's smallest batches do not fit (the GpuWork is then those)."""
+    frame_shape = tuple(work.frame_shape) if all(work.frame_shape) else PLANNED_FRAME
+    largest = LARGEST[optimization_level]
+    for tier in TIERS:
+        sizes = list(largest if tier == "default" else (1, *largest[1:]))
+        while True:
+            gpu_work = GpuWork(*sizes, frame_shape=frame_shape, attention=work.attention,
+                               dtype=str(dtype).removeprefix("torch."), tier=tier, guided=work.guided)
+            peak = vram.peak(gpu_work)
+            if peak.total <= budget:
+                return gpu_work, peak
+            if not _shrink(sizes, peak.stage):
+                break
+    return gpu_work, None
+
+
+def _shrink(sizes: list[int], stage: str) -> bool:
+    """Halve the batch that sets ``stage``'s peak first (then the others, larger first); False at the smallest."""
+    first = {"unet": 0, "vae encode": 1, "vae decode": 1}.get(stage)
+    order = ([first] if first is not None else []) + sorted(range(3), key=lambda i: -sizes[i])
+    for index in order:
+        if sizes[index] > 1:
+            sizes[index] //= 2
+            return True
+    return False
+
+
+def _too_small(said: str, budget: int, smallest) -> str:
+    need = smallest.total + CUDA_CONTEXT
+    return (f"the GPU memory this run may use ({said}: {(budget + CUDA_CONTEXT) / GB:.2f} GB with the CUDA "
+            f"context) is less than the smallest plan needs, {need / GB:.2f} GB (UNet weights streamed, batches of "
+            f"1): give vram_budget at least {need / GB:.1f}, close other GPU programs, or run on the CPU")
 
 
 @contextlib.contextmanager
@@ -188,9 +263,14 @@ def smaller_batches(plan: MemoryPlan, stage: str, error: BaseException | None = 
     batch, "face" the face batch. When they are 1 already, OutOfMemory says what to change."""
     if stage == "denoise":
         if plan.chunks_per_call == 1 and plan.vae_batch == 1:
+            if not plan.guidance_in_sequence:
+                log.warning("out of memory with the smallest batches; redoing the chunk with guidance's halves one "
+                            "after the other")
+                return replace(plan, tier="halves")
             raise OutOfMemory(
-                "out of GPU memory even with the smallest batches: lower the resolution (model 1.5 / 256 px), "
-                "set optimization_level to conservative, close other GPU programs, or run on the CPU") from error
+                "out of GPU memory even with the smallest batches and guidance's halves one after the other: set "
+                "vram_budget to the GB this GPU really has for the run (the plan then offloads or streams weights), "
+                "close other GPU programs, or run on the CPU") from error
         smaller = replace(plan, chunks_per_call=max(1, plan.chunks_per_call // 2),
                           vae_batch=max(1, plan.vae_batch // 2))
         log.warning("out of memory with %d chunks per UNet call and VAE batch %d; redoing the chunk with %d and %d",

@@ -36,6 +36,7 @@ class LipSyncModels:
     _detectors: dict = field(default_factory=dict, repr=False)
     _attention: tuple | None = field(default=None, repr=False)  # (mode, lip_focus, backend name) in use
     _compiled: dict = field(default_factory=dict, repr=False)  # (compile option, attention in use) -> CompiledCalls
+    _vram: object = field(default=None, repr=False)
 
     @classmethod
     def load(cls, version: str = LOAD["version"].default, checkpoint_dirs=None, *, unet_config=None,
@@ -91,6 +92,11 @@ class LipSyncModels:
             log.info("attention: %s (asked for %s)", backend.name, mode)
         return self._attention[2]
 
+    def bytes_on_gpu(self) -> int:
+        """Bytes of these weights on a CUDA device now."""
+        return sum(t.untyped_storage().nbytes() for module in self.modules().values()
+                   for t in [*module.parameters(), *module.buffers()] if t.device.type == "cuda")
+
     def compiled(self, option: str):
         """The compiled UNet call and VAE decode for the ``compile`` option (None for "off"), made once per model
         set and attention kernel, so later runs reuse the compiled code."""
@@ -103,14 +109,35 @@ class LipSyncModels:
             self._compiled[key] = compile_calls(self.unet, self.vae, option, self.device)
         return self._compiled[key]
 
-    def face_detector(self, name: str):
-        """The face detector ``name`` (created once per model set; never downloads anything)."""
+    def face_detector(self, name: str, on_gpu: bool = True):
+        """The face detector ``name`` (created once per model set and place; never downloads anything); ``on_gpu``
+        False: on the CPU whatever the run's device (the memory tiers that keep the GPU for the UNet)."""
         from .face import create_detector
 
-        if name not in self._detectors:
+        device = str(self.device) if on_gpu else "cpu"
+        if (name, device) not in self._detectors:
             root = self.checkpoints.root if self.checkpoints is not None else None
-            self._detectors[name] = create_detector(name, checkpoints_dir=root, device=str(self.device))
-        return self._detectors[name]
+            self._detectors[name, device] = create_detector(name, checkpoints_dir=root, device=device)
+        return self._detectors[name, device]
+
+    def vram_model(self):
+        """The VRAM model of these models' shapes (``latentsync.vram``), its counts cached in the user's cache."""
+        from .vram import VramModel, cache_file
+
+        if self._vram is None:
+            self._vram = VramModel(self.shapes(), cache_file())
+        return self._vram
+
+    def shapes(self):
+        from .vram import WHISPER_TINY, ModelShapes
+        from .vae import SD_VAE_FT_MSE
+
+        unet = dict(vars(self.unet.config))
+        vae = {key: value for key, value in dict(self.vae.config).items() if key in SD_VAE_FT_MSE} or SD_VAE_FT_MSE
+        dims = getattr(self.audio_encoder, "dims", None)
+        whisper = WHISPER_TINY if dims is None else (dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
+                                                     dims.n_audio_head, dims.n_audio_layer)
+        return ModelShapes(unet, vae, whisper, self.resolution, self.chunk_size)
 
 
 @dataclass(frozen=True)

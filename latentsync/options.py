@@ -133,6 +133,11 @@ RUN = _schema(
            max=0.95, step=0.05, changes_output=False,
            node_help="Share of the GPU's memory to plan batches for (0 = auto). Inside ComfyUI no hard cap is set: "
                      "its model management owns the GPU's memory."),
+    Option("vram_budget", "vram_budget", "--vram-budget", 0.0, "GB of GPU memory this run may use, its CUDA "
+           "context included (0 = what is free when it starts). The plan takes the largest batches, and if it must "
+           "the next memory tier (guidance halves in sequence, models off the GPU, UNet weights streamed), whose "
+           "modelled peak fits: the outputs stay within float tolerance of each other.", float, min=0.0,
+           max=1024.0, step=0.5, changes_output=False),
     Option("memory_mode", "memory_mode", "--memory-mode", "balanced", MEMORY_MODE_HELP, choices=MEMORY_MODES,
            changes_output=False, node_help=MEMORY_MODE_HELP + " aggressive also gives the GPU memory back after each "
                                                               "run."),
@@ -214,10 +219,13 @@ PipelineOptions = make_dataclass(
         ("hard_vram_cap", bool, field(default=True)),
         # where disk caches go (a private folder inside it); default: the system's temp folder
         ("cache_dir", Any, field(default=None)),
+        # bytes a host says are free on the GPU for the run (ComfyUI: its model management's, after its reserve);
+        # default: torch.cuda.mem_get_info
+        ("vram_free", Any, field(default=None)),
     ],
     namespace={"__post_init__": _check_fields, "from_node": classmethod(_from_node),
                "__doc__": "Per-run choices: one field per entry of ``RUN`` (defaults, ranges and help there), plus "
-                          "hard_vram_cap and cache_dir for hosts; none of them reloads weights."},
+                          "hard_vram_cap, cache_dir and vram_free for hosts; none of them reloads weights."},
 )
 PipelineOptions.__module__ = __name__  # pickled by name (Ray workers)
 

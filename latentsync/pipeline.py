@@ -60,6 +60,8 @@ class LipSyncPipeline:
         features = self.models.audio_encoder.features(plan.samples,
                                                       seamless=self.options.audio_context == "seamless")
         report("audio features", 1, 1)
+        if plan.memory.offload:
+            self.models.audio_encoder.offload()
         wanted = self.options.attention
         used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,

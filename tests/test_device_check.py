@@ -23,6 +23,11 @@ def test_device_check_smoke_mode(tmp_path):
     assert all(row["rel_err"] < 1e-3 for name, row in attention.items()
                if isinstance(row, dict) and row.get("available"))
     assert checks["guided_vs_full"]["same_bits"] is True
+    for size in ("64", "128"):  # the modelled peak of each tier, smaller as the tiers go down (no GPU: no measure)
+        tiers = report["vram"][size]
+        assert list(tiers) == ["default", "halves", "offload", "streamed"]
+        peaks = [row["modelled_gb"] for row in tiers.values()]
+        assert peaks == sorted(peaks, reverse=True) and peaks[-1] > 0 and "measured_gb" not in tiers["default"]
     e2e = report["end_to_end"]["64"]
     assert e2e["frames"] == 16 and e2e["end_to_end_frames_per_second"] > 0 and e2e["stage_seconds"]["denoise"] > 0
     for size in ("64", "128"):

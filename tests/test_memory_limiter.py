@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentsync.memory_limiter import (GB, Hardware, OutOfMemory, Workload, detect_hardware, plan_memory,
+from latentsync.memory_limiter import (CUDA_CONTEXT, GB, Hardware, OutOfMemory, Workload, detect_hardware, plan_memory,
                                        smaller_batches, vram_cap)
 from latentsync.options import PipelineOptions
 
@@ -16,28 +16,32 @@ CPU = Hardware("cpu", "cpu", total_ram=24 * GB, free_ram=20 * GB)
 FRAME = (1920, 1080)
 
 
-def plan(hardware, **kw):
+def plan(hardware, vram=None, **kw):
     work = dict(resolution=512, source_frames=250, frame_shape=FRAME, revisits=False)
     work.update({name: kw.pop(name) for name in list(kw) if name in work})
-    return plan_memory(hardware, Workload(**work), PipelineOptions(**kw))
+    return plan_memory(hardware, Workload(**work), PipelineOptions(**kw), vram)
 
 
-def test_profiles_follow_vram_and_capability():
-    big, mid, small, cpu = plan(H100), plan(RTX3060), plan(GTX1660), plan(CPU)
-    assert big.chunks_per_call > mid.chunks_per_call >= small.chunks_per_call == 1
-    assert big.vae_batch > mid.vae_batch > small.vae_batch
+def test_plans_follow_the_free_vram_and_capability(vram_models):
+    model = vram_models["1.6"]
+    big, mid, small, cpu = plan(H100, model), plan(RTX3060, model), plan(GTX1660, model), plan(CPU)
+    assert (big.chunks_per_call, big.vae_batch) > (mid.chunks_per_call, mid.vae_batch)
+    assert big.tier == mid.tier == "default" and small.tier != "default"  # 5 GB free: a lower tier
+    assert big.modelled_peak <= H100.free_vram and mid.modelled_peak <= RTX3060.free_vram
+    assert small.modelled_peak <= GTX1660.free_vram and "free now" in small.reasons[0]
     assert big.dtype == mid.dtype == torch.float16  # the published pipeline's choice on capability > 7
     assert small.dtype == cpu.dtype == torch.float32
-    assert cpu.device == "cpu" and cpu.vram_fraction == 0
+    assert cpu.device == "cpu" and cpu.vram_fraction == 0 and cpu.modelled_peak == 0
 
 
-def test_optimization_level_trades_vram_for_speed():
-    conservative, aggressive = plan(H100, optimization_level="conservative"), plan(H100,
-                                                                                   optimization_level="aggressive")
-    assert conservative.chunks_per_call == 1 and aggressive.chunks_per_call > plan(H100).chunks_per_call
-    # conservative caps the process near 8 GB so 1.6 at 512 px runs as on an 8 GB card
-    assert conservative.vram_fraction == pytest.approx(8 / 80)
-    assert plan(H100, optimization_level="conservative", vram_fraction=0.5).vram_fraction == 0.5
+def test_optimization_level_trades_vram_for_speed(vram_models):
+    model = vram_models["1.6"]
+    conservative = plan(H100, model, optimization_level="conservative")
+    aggressive = plan(H100, model, optimization_level="aggressive")
+    assert conservative.chunks_per_call == 1 and aggressive.chunks_per_call > plan(H100, model).chunks_per_call
+    # conservative plans within 8 GB and caps the process there so 1.6 at 512 px runs as on an 8 GB card
+    assert conservative.vram_fraction == pytest.approx(8 / 80) and conservative.modelled_peak < 8 * GB
+    assert plan(H100, model, optimization_level="conservative", vram_fraction=0.5).vram_fraction == 0.5
 
 
 def test_disk_mode_when_revisited_frames_would_crowd_ram():
@@ -59,7 +63,7 @@ def test_bad_parameters_name_the_parameter(field, value):
 
 
 def test_oom_halves_the_failing_stages_batches_only():
-    big = plan(H100, optimization_level="aggressive")
+    big = replace(plan(CPU), chunks_per_call=4, vae_batch=32, face_batch=32)
     error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     once = smaller_batches(big, "denoise", error)
     assert (once.chunks_per_call, once.vae_batch) == (big.chunks_per_call // 2, big.vae_batch // 2)
@@ -68,10 +72,12 @@ def test_oom_halves_the_failing_stages_batches_only():
     assert faces.face_batch == big.face_batch // 2 and faces.vae_batch == big.vae_batch
 
 
-def test_oom_at_smallest_batch_fails_with_advice():
-    smallest = replace(plan(GTX1660), chunks_per_call=1, vae_batch=1, face_batch=1)
-    with pytest.raises(OutOfMemory, match="conservative"):
-        smaller_batches(smallest, "denoise")
+def test_oom_at_smallest_batch_takes_guidance_halves_then_fails_with_advice():
+    smallest = replace(plan(CPU), chunks_per_call=1, vae_batch=1, face_batch=1)
+    halves = smaller_batches(smallest, "denoise")
+    assert halves.tier == "halves" and halves.guidance_in_sequence and halves.batches == smallest.batches
+    with pytest.raises(OutOfMemory, match="vram_budget"):
+        smaller_batches(halves, "denoise")
     with pytest.raises(OutOfMemory, match="one frame at a time"):
         smaller_batches(smallest, "face")
 
@@ -105,7 +111,7 @@ def test_vram_cap_is_set_on_the_run_device_and_put_back(monkeypatch):
         caps[device] = fraction
 
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_cap)
-    capped = plan(H100, optimization_level="conservative")
+    capped = replace(plan(CPU), vram_fraction=0.1)
     with pytest.raises(RuntimeError, match="boom"):
         with vram_cap(capped, "cuda:1"):
             assert caps[1] == capped.vram_fraction
@@ -116,6 +122,7 @@ def test_vram_cap_is_set_on_the_run_device_and_put_back(monkeypatch):
     assert len(calls) == 2
 
 
-def test_vram_fraction_sizes_the_plan():
-    whole, tenth = plan(H100), plan(H100, vram_fraction=0.1)  # 8 GB of the H100's 80
-    assert tenth.chunks_per_call < whole.chunks_per_call and tenth.vae_batch < whole.vae_batch
+def test_vram_fraction_sizes_the_plan(vram_models):
+    whole, tenth = plan(H100, vram_models["1.6"]), plan(H100, vram_models["1.6"], vram_fraction=0.1)  # 8 GB of 80
+    assert (tenth.chunks_per_call, tenth.vae_batch) < (whole.chunks_per_call, whole.vae_batch)
+    assert tenth.modelled_peak < 8 * GB - CUDA_CONTEXT

@@ -57,8 +57,8 @@ class FaceAligner:
 
 def run_aligner(models, options, batches: RunBatches, detect: bool = True) -> FaceAligner:
     """The aligner of a run of ``models`` with ``options``: detecting (or, ``detect`` False, fitting given anchors
-    or a known track only), with the run's face choice."""
-    detector = models.face_detector(options.detector) if detect else None
+    or a known track only), with the run's face choice; its detector on the CPU in the tiers that offload."""
+    detector = models.face_detector(options.detector, on_gpu=not batches.plan.offload) if detect else None
     return FaceAligner(FaceStage(detector, models.resolution, device=models.device, face=options.face), batches)
 
 

@@ -93,8 +93,10 @@ def plan_run(models, options, video, audio, fps: float | None = None, segment=No
     if segment is not None:
         _check_segment(segment, timeline, models.chunk_size)
     hardware = detect_hardware(str(models.device))
-    work = Workload(models.resolution, source.num_frames, (source.height, source.width), timeline.revisits)
-    memory = plan_memory(hardware, work, options)
+    work = Workload(models.resolution, source.num_frames, (source.height, source.width), timeline.revisits,
+                    attention=models.use_attention(options.attention, options.lip_focus),
+                    guided=options.guidance_scale > 1.0, weights_on_gpu=models.bytes_on_gpu())
+    memory = plan_memory(hardware, work, options, models.vram_model() if hardware.device == "cuda" else None)
     if segment is not None:  # the whole run's batch sizes, whatever this device would choose
         memory = memory.with_batches(segment.batches)
     for reason in memory.reasons:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Iterator
 
@@ -10,6 +11,7 @@ import torch
 from ..checkpoints import SCHEDULER_CONFIG
 from ..denoise import Chunk, DenoiseSettings, LipSyncDenoiser
 from ..mask import load_mouth_mask
+from ..models.streaming import streamed_weights
 from .control import Group, RunBatches, RunControl, retry_smaller
 from .plan import RunPlan
 
@@ -26,12 +28,21 @@ class Synthesis:
         settings = DenoiseSettings(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed,
                                    chunk_size=models.chunk_size, chunks_per_call=memory.chunks_per_call,
                                    vae_batch=memory.vae_batch, deepcache_interval=options.deepcache_interval,
-                                   mouth_feather=options.mouth_feather)
+                                   mouth_feather=options.mouth_feather,
+                                   guidance_in_sequence=memory.guidance_in_sequence, offload_vae=memory.offload)
         mask = torch.from_numpy(load_mouth_mask(models.resolution).copy())
         self.denoiser = LipSyncDenoiser(models.unet, models.vae, json.loads(SCHEDULER_CONFIG.read_text()), mask,
-                                        settings, models.device, models.dtype, models.compiled(options.compile))
+                                        settings, models.device, models.dtype,
+                                        None if memory.streamed else models.compiled(options.compile))
 
     def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
+        plan, times = self.plan, self.control.times
+        with contextlib.ExitStack() as stack:
+            if plan.memory.streamed:  # (compiled calls are not used then: hooks move the weights)
+                stack.enter_context(streamed_weights(self.models.unet, self.models.device))
+            yield from self._groups(groups)
+
+    def _groups(self, groups: Iterator[Group]) -> Iterator[Group]:
         from ..audio import frame_windows
 
         plan, times = self.plan, self.control.times
@@ -73,7 +84,7 @@ class Synthesis:
 
         def smaller(error: BaseException) -> None:
             plan = self.batches.shrink("denoise", error)
-            denoiser.resize(plan.chunks_per_call, plan.vae_batch)
+            denoiser.resize(plan.chunks_per_call, plan.vae_batch, plan.guidance_in_sequence)
 
         return retry_smaller(attempt, smaller)
 

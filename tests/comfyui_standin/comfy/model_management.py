@@ -42,6 +42,18 @@ def soft_empty_cache(force: bool = False) -> None:
     pass
 
 
+def get_free_memory(dev=None, torch_free_too=False):
+    """ComfyUI's: free device memory, torch's cached free blocks included (the CPU here: free RAM)."""
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def minimum_inference_memory():
+    """ComfyUI's reserve for inference: 0.8 GiB plus its extra reserve."""
+    return int(0.8 * 1024 ** 3)
+
+
 class LoadedModel:
     """Holds the patcher weakly, as ComfyUI does: the node cache owns the model."""
 
