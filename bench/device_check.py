@@ -17,6 +17,8 @@ Speed at 256 and 512 px (LatentSync 1.5 and 1.6 sizes), one 16-frame chunk, guid
   ``--published-python`` an interpreter with its requirements, or carry their wheels; a missing one is reported as
   the child's last error line;
 - ``chunk_s``: one chunk through ``LipSyncDenoiser``, 20 steps, VAE encode and decode included; ``peak_vram_gb``.
+VRAM (``vram``), per memory tier: ``torch.cuda.max_memory_allocated`` of one group denoised as the tier runs it,
+beside the VRAM model's peak for the same work (``--smoke``: the modelled numbers alone).
 End to end (``end_to_end``), ours: ``--e2e-frames`` frames of demo1 (1080x1920) from decode to the encoded H.264 file
 through ``LipSyncPipeline`` with full-size random-weight models (``bench_speed.run_config``: auto attention, the memory
 plan), 20 steps, guidance 1.5: frames/s, each stage's seconds, peak VRAM. Faces: insightface when ``--checkpoints``
@@ -28,6 +30,7 @@ Sections that would end after ``--budget`` seconds are skipped (and say so).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,12 +49,10 @@ from latentsync.checkpoints import SCHEDULER_CONFIG, get_version  # noqa: E402
 from latentsync.models.loading import load_unet_config  # noqa: E402
 from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
 from latentsync.tools import make_tiny_checkpoints as tiny  # noqa: E402
+from latentsync.vae import SD_VAE_FT_MSE  # noqa: E402
 from report import write_report  # noqa: E402
 
 FRAMES = 16
-SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
-                 "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
-                 "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 32}
 # the published UNet, built from its own config with random weights and timed like ours (run from its checkout)
 PUBLISHED_UNET = """
 import json, sys, time, torch, yaml
@@ -166,7 +167,8 @@ def compiled_check(unet, sample, t, audio) -> dict:
     return {"rel_err": relative_error(got, eager), "first_call_s": round(first, 2), "call": call}
 
 
-def chunk_seconds(unet, resolution: int, steps: int, smoke: bool, device, dtype) -> float:
+def chunk_seconds(unet, resolution: int, steps: int, smoke: bool, device, dtype, vae_batch: int = FRAMES,
+                  **tier) -> float:
     from diffusers import AutoencoderKL
 
     from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser
@@ -174,7 +176,7 @@ def chunk_seconds(unet, resolution: int, steps: int, smoke: bool, device, dtype)
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**(tiny.TINY_VAE if smoke else SD_VAE_FT_MSE)).eval().requires_grad_(False).to(device, dtype)
-    settings = DenoiseSettings(steps=steps, guidance_scale=1.5, vae_batch=FRAMES)
+    settings = DenoiseSettings(steps=steps, guidance_scale=1.5, vae_batch=vae_batch, **tier)
     mask = torch.from_numpy(load_mouth_mask(resolution).copy())
     denoiser = LipSyncDenoiser(unet, vae, json.loads(SCHEDULER_CONFIG.read_text()), mask, settings, device, dtype)
     generator = torch.Generator().manual_seed(2)
@@ -231,6 +233,42 @@ def speed(args, clock: Clock, device, dtype, resolution: int) -> dict:
     return found
 
 
+def vram_tiers(args, clock: Clock, device, dtype, resolution: int) -> dict:
+    """Per memory tier (its smallest batches): one 16-frame group denoised as the tier runs it (guidance's halves in
+    sequence, the VAE off the GPU during the UNet, the UNet's weights streamed), ``torch.cuda.max_memory_allocated``
+    beside the VRAM model's peak for the same work (weights and the denoising thread; the face threads do not run
+    here). ``--smoke``: the tiny set on the CPU, the modelled numbers only."""
+    from latentsync.models.streaming import streamed_weights
+    from latentsync.vram import FUSED_KERNELS, TIERS, GpuWork, ModelShapes, VramModel
+
+    if clock.left() < (10 if args.smoke else 120):
+        return {"skipped": "the time budget is spent"}
+    version = "1.6" if resolution in (512, 128) else "1.5"
+    shapes = (ModelShapes(tiny.TINY_UNET, tiny.TINY_VAE, (80, 1500, 64, 4, 2), resolution, FRAMES) if args.smoke
+              else ModelShapes.of_version(version))
+    model = VramModel(shapes, None)
+    unet = unet_for(args.smoke, device, dtype, version)
+    kernel = create_backend("auto", device, dtype)
+    unet.set_attention_backend(kernel)
+    rows = {}
+    for tier in TIERS:
+        work = GpuWork(1, 1, 4, (1920, 1080), attention=kernel.name if kernel.name in FUSED_KERNELS else "standard",
+                       dtype=str(dtype).removeprefix("torch."), tier=tier)
+        peak = model.peak(work)
+        modelled = peak.allocated - peak.parts["beside the denoising"]
+        row = {"modelled_gb": round(modelled / 1024 ** 3, 3), "stage": peak.stage}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            with (streamed_weights(unet, device) if tier == "streamed" else contextlib.nullcontext()):
+                chunk_seconds(unet, resolution, 2, args.smoke, device, dtype, vae_batch=1,
+                              guidance_in_sequence=tier != "default", offload_vae=tier in ("offload", "streamed"))
+            measured = torch.cuda.max_memory_allocated(device)
+            row.update(measured_gb=round(measured / 1024 ** 3, 3), model_off_by=round(measured / modelled - 1, 3))
+        rows[tier] = row
+    return rows
+
+
 def end_to_end(args, clock: Clock, resolution: int) -> dict:
     """Ours from decode to the encoded file (``bench_speed.run_config``), or why it was not run."""
     import tempfile
@@ -275,6 +313,7 @@ def main(argv=None) -> int:
               "dtype": str(dtype), "steps": args.steps, "guidance": 1.5}
     report["checks"] = checks(args, device, dtype, resolutions[0])
     report["speed"] = {str(r): speed(args, clock, device, dtype, r) for r in resolutions}
+    report["vram"] = {str(r): vram_tiers(args, clock, device, dtype, r) for r in resolutions}
     args.e2e_frames = args.e2e_frames or (16 if args.smoke else 64)
     # the tiny models have one size: the smoke runs end to end once
     report["end_to_end"] = {str(r): end_to_end(args, clock, r) for r in resolutions[:1 if args.smoke else 2]}
