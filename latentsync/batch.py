@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .jobs import COLUMNS, Job, read_jobs, settle  # noqa: F401 (the batch's jobs file)
 from .manifest import Manifest, is_complete, job_record, manifest_path  # noqa: F401 (its record)
+from .errors import sentence_of
 from .tempfiles import output_prefix, remove_stale
 
 def check_job(job: Job) -> None:
@@ -103,7 +104,7 @@ def sentence(error: BaseException) -> str:
     """An error as the manifest records it: its type and its own sentence (a Ray task error's cause, without the
     remote traceback)."""
     error = getattr(error, "cause", None) or error
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {sentence_of(error)}"
 
 
 def start_jobs(jobs: list[Job], manifest: Manifest) -> tuple[list[Job], dict[str, int]]:

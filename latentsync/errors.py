@@ -68,3 +68,17 @@ class JobsFileError(LatentSyncError, ValueError):
 
 class ManifestError(LatentSyncError, RuntimeError):
     """The manifest cannot be written, or another batch holds it."""
+
+
+def unsafe_pickle(error: BaseException) -> bool:
+    """Whether torch's weights-only load refused the file for holding Python objects besides tensors (which could
+    run code): such a file is never loaded here, and torch's advice to load it unsafely is never repeated."""
+    text = str(error)
+    return "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text
+
+
+def sentence_of(error: BaseException) -> str:
+    """An error's own sentence: an OSError made of a number and a sentence without "[Errno 28]" before it."""
+    if isinstance(error, OSError) and error.errno and error.strerror and error.filename is None:
+        return error.strerror
+    return str(error)

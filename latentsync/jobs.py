@@ -81,6 +81,10 @@ def read_jobs(path: str | Path, option_names: set[str] = frozenset(COLUMNS)) -> 
         if unknown:
             raise JobsFileError(f"{where} has unknown columns {', '.join(unknown)}: use the command line's option "
                                 f"names ({', '.join(sorted(option_names))})")
+        broken = [name for name in JOB_FIELDS if any(mark in str(row[name]) for mark in "\n\r")]
+        if broken:
+            raise JobsFileError(f"{where}: the {', '.join(broken)} path holds a line break (a quote left open?): "
+                                "give each path on one line")
         paths = [(path.parent / str(row[name]).strip()).resolve() for name in JOB_FIELDS]  # workers run elsewhere
         options = {name: value for name, value in row.items()
                    if name not in JOB_FIELDS and value is not None and str(value).strip() != ""}
@@ -118,13 +122,23 @@ def _json_rows(path: Path, text: str) -> list[tuple[str, object]]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
     header = None
     rows = []
-    for cells in reader:
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as error:
+            raise JobsFileError(f"{path.name} line {line}: " + ("a quote is opened and never closed" if "end of data"
+                                                                 in str(error) else str(error))
+                                + "; close it, or remove the stray quote") from None
+        if cells is None:
+            break
         if not any(cell.strip() for cell in cells):
             continue  # a blank line (or a row of empty cells, as spreadsheets write)
         if header is None:
+            _check_header(path, reader.line_num, cells)
             header = [cell.strip() for cell in cells]
             named = [name for name in header if name]
             twice = sorted({name for name in named if named.count(name) > 1})
@@ -142,6 +156,21 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
             raise JobsFileError(f"{where} has a value under a header cell with no name: name that column")
         rows.append((where, row))
     return rows
+
+
+def _check_header(path: Path, line: int, cells: list[str]) -> None:
+    """A header of the wrong separator or in capitals, named: read as it is, its rows would say "no video"."""
+    names = [cell.strip() for cell in cells]
+    if len(names) == 1 and any(mark in names[0] for mark in ";\t|"):
+        separator = next(mark for mark in ";\t|" if mark in names[0])
+        raise JobsFileError(f"{path.name} line {line}: the header is one cell separated by {separator!r}: separate "
+                            "the columns with commas (a spreadsheet's CSV with commas), or save it as JSON Lines")
+    known = {*JOB_FIELDS, *COLUMNS}
+    capitals = [name for name in names if name not in known and name.lower().replace("-", "_") in known]
+    if capitals:
+        raise JobsFileError(f"{path.name} line {line}: column names are lower case: write "
+                            f"{', '.join(name.lower().replace('-', '_') for name in capitals)} for "
+                            f"{', '.join(capitals)}")
 
 
 def _check_outputs(jobs: list[Job]) -> None:

@@ -9,6 +9,9 @@ from pathlib import Path
 from .errors import ManifestError
 from .jobs import Job
 
+RECORD_START = b'{"job": '  # how every record's line begins (``job_record``)
+
+
 def manifest_path(jobs_file: str | Path) -> Path:
     jobs_file = Path(jobs_file)
     return jobs_file.with_name(jobs_file.stem + ".manifest.jsonl")
@@ -25,7 +28,10 @@ class Manifest:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.unreadable = 0  # lines of the file that are not records (see ``done_records``)
+        self.records = 0  # lines that are
+        self.foreign = 0  # unreadable lines that are not even the start of a record
         self.unwritten: list[dict] = []
+        self.failures: list[dict] = []  # the failed records this batch appended
         self._handle = None
 
     def open(self) -> "Manifest":
@@ -39,6 +45,12 @@ class Manifest:
             self.close()
             raise ManifestError(f"another batch command is running the jobs of the manifest {self.path}: wait for it "
                                 "to finish (its progress is in that file), or give this one another --manifest")
+        self.done_records()
+        if self.foreign and not self.records:  # (a record cut short by a kill is not foreign)
+            self.close()
+            raise ManifestError(f"{self.path} is not a batch manifest (none of its lines is a job record), and records "
+                                "would be appended to it: give --manifest a new file name, or the manifest a batch "
+                                "wrote")
         return self
 
     def __enter__(self) -> "Manifest":
@@ -54,7 +66,7 @@ class Manifest:
 
     def done_records(self) -> dict[str, dict]:
         """Output path -> its last done record."""
-        done, self.unreadable = {}, 0
+        done, self.unreadable, self.records, self.foreign = {}, 0, 0, 0
         self._handle.seek(0)
         for line in self._handle.read().split(b"\n"):
             if not line.strip():
@@ -63,16 +75,19 @@ class Manifest:
                 record = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 record = None
-            if not (isinstance(record, dict) and isinstance(record.get("output"), str)
-                    and record.get("status") in ("done", "failed")):
+            if not _is_record(record):
                 self.unreadable += 1
+                self.foreign += not line.startswith(RECORD_START)
                 continue
+            self.records += 1
             if record["status"] == "done":
                 done[record["output"]] = record
         return done
 
     def append(self, record: dict) -> None:
         """Write ``record`` (and any earlier one a full disk held back), flushed to the disk."""
+        if record.get("status") == "failed":
+            self.failures.append(record)
         pending = [*self.unwritten, record]
         handle = self._handle
         try:
@@ -88,6 +103,26 @@ class Manifest:
             self.unwritten = pending
             return
         self.unwritten = []
+
+
+def _is_record(record) -> bool:
+    return isinstance(record, dict) and isinstance(record.get("output"), str) and record.get("status") in (
+        "done", "failed")
+
+
+def check_manifest_path(path: str | Path, jobs_file: str | Path, jobs: list[Job]) -> None:
+    """Refuse a manifest that is the jobs file or a job's input or output (records would be appended to it): the
+    same path after links, or the same file."""
+    from .paths import same_file
+
+    if same_file(path, jobs_file):
+        raise ManifestError(f"--manifest {path} is the jobs file: records would be appended to it; give the manifest "
+                            "its own name (the default is beside the jobs file)")
+    for job in jobs:
+        for name in ("video", "audio", "output"):
+            if same_file(path, getattr(job, name)):
+                raise ManifestError(f"--manifest {path} is the {name} of {job.where}: records would be appended to "
+                                    "it; give the manifest its own name")
 
 
 def _try_lock(handle) -> bool:
@@ -119,8 +154,10 @@ def is_complete(job: Job, record: dict | None) -> bool:
     if not same_settings(record.get("settings"), job.settings()):  # the row was edited: redo it
         return False
     try:
-        return job.output.is_file() and count_frames(job.output) == record.get("frames")
-    except MediaError:
+        if record.get("bytes") not in (None, job.output.stat().st_size):  # cut short (or replaced) since
+            return False
+        return count_frames(job.output) == record.get("frames")  # the container's header, not a decode
+    except (OSError, MediaError):  # not there, or no longer a video
         return False
 
 
@@ -137,5 +174,9 @@ def same_settings(recorded: dict | None, settings: dict) -> bool:
 
 
 def job_record(job: Job, **fields) -> dict:
-    """A manifest record: which job (its row, inputs and output) and what became of it."""
-    return {"job": job.index, "video": str(job.video), "audio": str(job.audio), "output": str(job.output), **fields}
+    """A manifest record: which job (its row, inputs and output) and what became of it; a done one also keeps its
+    output's size, which a later run checks before it counts the job complete (a file cut short is redone)."""
+    if fields.get("status") == "done":
+        fields["bytes"] = job.output.stat().st_size
+    return {"job": job.index, "video": str(job.video), "audio": str(job.audio), "output": str(job.output),
+            "where": job.where, **fields}

@@ -35,6 +35,8 @@ def check_not_an_input(output: str | Path, inputs: dict[str, str | Path], what: 
 
 def check_output_name(output: str | Path, codec: str, what: str = "the output") -> None:
     """Refuse an output name the codec's containers cannot take, in one sentence."""
+    if any(mark in str(output) for mark in "\n\r"):
+        raise ValueError(f"{what} {str(output)!r} holds a line break: give a file name on one line")
     suffixes = OUTPUT_SUFFIXES[codec]
     if Path(output).suffix.lower() not in suffixes:
         container = "Matroska" if codec == "ffv1" else "MP4, MOV or Matroska"
@@ -47,10 +49,27 @@ def writable_folder(output: str | Path) -> Path:
     writable; PermissionError naming it otherwise."""
     folder = Path(output).resolve().parent
     existing = next(p for p in [folder, *folder.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder: the output {output} cannot go inside it; "
+                                 "choose another output path")
+    check_name_length(output, existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"the folder {existing} is not writable: choose another output path or make it "
                               "writable")
     return existing
+
+
+def check_name_length(output: str | Path, folder: Path | None = None) -> None:
+    """Refuse an output name longer than its disk takes (``folder``: the existing folder it goes in), in one
+    sentence, before the OS refuses it after the run."""
+    name = Path(output).name
+    try:
+        name_max = os.pathconf(folder or Path(output).parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such folder yet, or Windows (no pathconf): NTFS takes 255
+        name_max = 255
+    if len(name.encode()) > name_max:
+        raise ValueError(f"the output name {name[:40]}... is {len(name.encode())} bytes long and this disk takes at "
+                         f"most {name_max}: give a shorter name")
 
 
 def disk_full_sentence(error: BaseException, folders: list[Path], temp_folder: str | Path) -> str | None:
@@ -71,3 +90,9 @@ def disk_full_sentence(error: BaseException, folders: list[Path], temp_folder: s
            "or point TMPDIR (where the disk cache goes) at a disk with more room")
     return (f"no space left on the disk of {folder} ({free[folder] / 1024 ** 3:.1f} GB free): free some space there, "
             f"{fix}, and run again")
+
+
+def user_cache() -> Path:
+    """The user's cache folder for the project (``LATENTSYNC_CACHE`` names another): VRAM counts, compiled code."""
+    folder = os.environ.get("LATENTSYNC_CACHE")
+    return Path(folder) if folder else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentsync"

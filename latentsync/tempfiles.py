@@ -8,6 +8,7 @@ caches, spilled audio and video). An entry is stale when no process with its pid
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import psutil
 log = logging.getLogger("latentsync.tempfiles")
 
 TEMP_PREFIX = "latentsync-"  # in the system's (or the caller's) temp folder
+SHORT_NAME = 80  # output names longer than this (in bytes) are shortened in their temporary entries' names
 _OWNER = re.compile(r"(\d+)-[0-9a-f]{8}(?![0-9a-f])")
 
 
@@ -31,8 +33,12 @@ def owned_name(prefix: str, suffix: str = "") -> str:
 
 
 def output_prefix(output: str | Path) -> str:
-    """The prefix of the temporary entries that belong to ``output`` (they lie in its folder)."""
-    return f".{Path(output).name}."
+    """The prefix of the temporary entries that belong to ``output`` (they lie in its folder): ``.<name>.``, a long
+    name cut and told apart by its hash, so a temporary name stays far below the disk's 255 bytes."""
+    name = Path(output).name
+    if len(name.encode()) > SHORT_NAME:
+        name = f"{name[:SHORT_NAME // 2]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f".{name}."
 
 
 def owned_temp_dir(kind: str, folder: str | Path | None = None) -> Path:
