@@ -6,15 +6,18 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import re
 import signal
 import sys
 from pathlib import Path
 
-from .errors import LatentSyncError
+from .errors import LatentSyncError, sentence_of
 from .options import LOAD, RUN, Option
-from .paths import check_not_an_input, check_output_name, writable_folder
+from .paths import check_name_length, check_not_an_input, check_output_name, writable_folder
 
 CHOICES = (*LOAD.values(), *RUN.values())  # what a run lets the user choose: every one of them has a flag
+SHOWN_FAILURES = 20  # failed jobs listed after a batch (the manifest has them all)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,8 @@ class TqdmProgress:
 
         bar = self.bars.get(stage)
         if bar is None:
+            if done <= 0:  # a stage only announced (the node shows its name): a bar frozen at 0 % would stay
+                return
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame" if total > 10 else "step")
         bar.update(done - bar.n)
         if done >= total:
@@ -73,6 +78,31 @@ class TqdmProgress:
     def close(self):
         for bar in self.bars.values():
             bar.close()
+
+
+DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+
+
+def check_device(device: str | None, here: bool = True) -> None:
+    """``--device``: a device name, and (``here``; Ray's workers may have other GPUs) one this torch has; one
+    sentence naming the flag otherwise (torch is imported only to ask it about a GPU)."""
+    if device is None or device == "cpu":
+        return
+    if not DEVICE.fullmatch(device):
+        raise ValueError(f"--device {device}: give cpu, cuda, cuda:N (the N-th GPU) or mps")
+    if not here:
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device}: this torch ({torch.__version__}) has no CUDA, or sees no GPU: "
+                               "install the CUDA build of torch for your GPU (pytorch.org), or use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0")
+    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps: this machine or torch has no Apple GPU (MPS); use --device cpu")
 
 
 def check_arguments(args) -> dict:
@@ -87,11 +117,13 @@ def check_arguments(args) -> dict:
     if args.unet_config and not Path(args.unet_config).is_file():
         raise FileNotFoundError(f"--unet-config: no such file: {args.unet_config}")
     values = read_choices(args)
+    check_device(args.device)
     if args.checkpoints and not Path(args.checkpoints).is_dir():
         command = download_command(values["version"], Path(args.checkpoints))
         raise FileNotFoundError(f"--checkpoints: no such folder: {args.checkpoints}; check the path, or download the "
                                 f"weights there with: {command}")
     out = Path(args.out)
+    check_name_length(out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder: give a file name, such as {out / 'synced.mp4'}")
     check_not_an_input(out, {"video": args.video, "audio": args.audio}, "--out")
@@ -130,6 +162,7 @@ def variable_rate_warning(video: Path) -> str | None:
 def batch_main(argv: list[str]) -> int:
     """``python -m latentsync batch JOBS [run options]``: see latentsync/batch.py."""
     from . import batch
+    from .manifest import check_manifest_path
 
     parser = _batch_parser()
     args = parser.parse_args(argv)
@@ -143,8 +176,11 @@ def batch_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         defaults = read_choices(args)
+        check_device(args.device, here=args.ray is None)
         paths = {"checkpoints": args.checkpoints, "unet_config": args.unet_config, "device": args.device}
         jobs = [batch.settle(job, defaults, paths) for job in batch.read_jobs(args.jobs)]  # all checked up front
+        manifest = batch.Manifest(args.manifest or batch.manifest_path(args.jobs))
+        check_manifest_path(manifest.path, args.jobs, jobs)
         if args.ray not in (None, "local"):
             from .ray_batch import check_ray_address
 
@@ -158,7 +194,6 @@ def batch_main(argv: list[str]) -> int:
         if not args.quiet:
             print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
 
-    manifest = batch.Manifest(args.manifest or batch.manifest_path(args.jobs))
     try:
         with sigterm_as_interrupt(), manifest:
             if args.ray is None:
@@ -167,7 +202,7 @@ def batch_main(argv: list[str]) -> int:
                 from .ray_batch import run_jobs_on_ray
 
                 counts = run_jobs_on_ray(jobs, manifest, None if args.ray == "local" else args.ray, args.workers,
-                                         announce, split=args.split)
+                                         announce, split=args.split, quiet=args.quiet)
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: the jobs in flight wrote nothing; run the same command again to resume", file=sys.stderr)
@@ -178,6 +213,14 @@ def batch_main(argv: list[str]) -> int:
         return 1
     progress.close()
     return _batch_summary(manifest, counts)
+
+
+def in_flags(message: str) -> str:
+    """A library sentence that starts with an option's name as the node calls it, with the flag instead."""
+    for option in CHOICES:
+        if option.node and option.flag and re.match(rf"{option.node}\b", message):
+            return option.flag + message[len(option.node):]
+    return message
 
 
 def _batch_parser() -> argparse.ArgumentParser:
@@ -207,6 +250,12 @@ def _batch_summary(manifest, counts: dict) -> int:
         print(f"error: {len(manifest.unwritten)} record(s) could not be written to {manifest.path} (disk full?); "
               "their jobs will be redone by the next run: " + " ".join(json.dumps(r) for r in manifest.unwritten),
               file=sys.stderr)
+    for record in manifest.failures[:SHOWN_FAILURES]:
+        print(f"failed: {record.get('where') or 'job ' + str(record['job'])} ({Path(record['video']).name} -> "
+              f"{Path(record['output']).name}): {record.get('error')}", file=sys.stderr)
+    if len(manifest.failures) > SHOWN_FAILURES:
+        print(f"... and {len(manifest.failures) - SHOWN_FAILURES} more failed jobs: their sentences are in "
+              f"{manifest.path}", file=sys.stderr)
     print(f"{counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed; "
           f"manifest: {manifest.path}")
     return 1 if counts["failed"] or manifest.unwritten else 0
@@ -222,20 +271,37 @@ def _positive_int(text: str) -> int:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (docker stop, schedulers, kill) ends a run as Ctrl-C does: partial files and caches removed,
-    nothing half-written; the handler that was there before is put back afterwards."""
+    nothing half-written. Only the first SIGTERM or Ctrl-C interrupts: one more while the run cleans up (a second
+    docker stop, an impatient Ctrl-C) is ignored, so the cleanup is never cut short. The handlers that were there
+    before are put back afterwards."""
+    interrupted = False
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {name: signal.signal(name, interrupt) for name in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: the host handles its signals
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+
+
+def entry() -> None:
+    """The command's process (``python -m latentsync``, the ``latentsync`` script): torch.compile's code cache in the
+    user's cache folder (``compile``) rather than in TMPDIR, which a run leaves as it found it, unless the user chose
+    one; then ``main``."""
+    from .paths import user_cache
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "inductor"))
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (LatentSyncError, ValueError, OSError, RuntimeError) as error:
         progress.close()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(sentence_of(error))}", file=sys.stderr)
         return 1
     progress.close()
     print(f"wrote {result.output_path} ({result.num_frames} frames at {float(result.fps):.3f} fps"

@@ -7,6 +7,7 @@ split job is cut into one segment per worker (``run_split_job``). The driver wri
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .batch import JobRunner, job_record, sentence, start_jobs
+from . import local_cluster
 from .jobs import Job
 from .manifest import Manifest
 from .tempfiles import output_prefix, owned_name, remove_stale
@@ -31,49 +33,85 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         raise RuntimeError(f"--ray {address}: give the cluster's head as HOST:PORT (as `ray start --head` prints it), "
                            "or no address for a local cluster")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise RuntimeError(f"--ray {address}: no Ray cluster answers there ({reason}): start one with `ray start "
                            "--head` on that machine and give the address it prints, or run --ray without an "
                            "address for a local cluster") from None
+    with connection:
+        if not _speaks_grpc(connection):  # Ray itself would retry for half a minute, then raise
+            raise RuntimeError(f"--ray {address}: what answers there is not a Ray cluster's head (it does not speak "
+                               "gRPC): give the address `ray start --head` printed (its GCS port, 6379 by default), "
+                               "or run --ray without an address for a local cluster")
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server answers HTTP/2's client preface with a SETTINGS frame, as Ray's gRPC servers do."""
+    try:
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == 4  # frame type SETTINGS
 
 
 class RayWorkers:
     """A Ray cluster (a local one when ``address`` is None) and its JobRunner actors, for a ``with`` block: one per
     GPU, or per CPU slot when there is none (``count`` overrides). Leaving the block shuts Ray down."""
 
-    def __init__(self, address: str | None, count: int | None):
+    def __init__(self, address: str | None, count: int | None, quiet: bool = False):
         try:
             import ray
         except ImportError:
             raise RuntimeError("Ray is not installed: pip install -r requirements-ray.txt (or run without "
                                "--ray)") from None
         check_ray_address(address)
-        self.ray, self.address, self.count = ray, address, count
+        self.ray, self.address, self.count, self.quiet = ray, address, count, quiet
         self.free: list = []  # the workers alive and idle
+        self.record = None  # a local cluster's record (``local_cluster``), while it runs
 
     def __enter__(self) -> "RayWorkers":
         # the library travels with the jobs: workers need not have this checkout on their path
         init = {"runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)],
                                 "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LATENTSYNC_", "HF_"))}},
-                "include_dashboard": False, "log_to_driver": False}
+                "include_dashboard": False, "log_to_driver": False,
+                "logging_level": logging.WARNING if self.quiet else logging.INFO}
         handlers = _signal_handlers()
         ray = self.ray
+        if not self.address:
+            local_cluster.reap()  # what a killed batch's local cluster left running
         try:
-            ray.init(address=self.address, **init) if self.address else ray.init(num_cpus=self.count, **init)
+            try:
+                ray.init(address=self.address, **init) if self.address else ray.init(num_cpus=self.count, **init)
+            except ConnectionError as error:  # something answers there, but not a Ray head
+                raise RuntimeError(f"--ray {self.address}: what answers there is not a Ray cluster's head "
+                                   f"({type(error).__name__}): give the address `ray start --head` printed (its GCS "
+                                   "port, 6379 by default), or run --ray without an address for a local "
+                                   "cluster") from None
             _restore_signal_handlers(handlers)  # Ray's own SIGTERM handler would end the driver before it cleans up
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(JobRunner)
             self.free = [actor.remote() for _ in range(self.count or gpus or int(resources.get("CPU", 1)))]
+            if not self.address:
+                ray.get([worker.__ray_ready__.remote() for worker in self.free])  # their processes started
+                self.record = local_cluster.remember(_session_folder(ray))
         except BaseException:
-            ray.shutdown()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         self.ray.shutdown()
+        if self.record is not None:
+            local_cluster.forget(self.record)
+            self.record = None
 
     def gather(self, calls: list[tuple]) -> list:
         """The results of (worker, call) pairs in order, after every call has ended (so none still writes when this
@@ -115,11 +153,11 @@ class RayWorkers:
 
 
 def run_jobs_on_ray(jobs: list[Job], manifest: Manifest, address: str | None, workers: int | None,
-                    announce=None, split: bool = False) -> dict[str, int]:
+                    announce=None, split: bool = False, quiet: bool = False) -> dict[str, int]:
     """Every job not complete yet, on Ray workers that load the models once and take the next job as they free. A
     lost worker costs the job it was running (recorded as failed). Interrupted, the workers are shut down and the
     partial files of the jobs they ran removed. ``split``: one job at a time over every worker."""
-    cluster = RayWorkers(address, workers)
+    cluster = RayWorkers(address, workers, quiet)
     todo, counts = start_jobs(jobs, manifest)
     if not todo:
         return counts
@@ -220,6 +258,14 @@ def _split_plan(cluster: RayWorkers, job: Job):
                                                  for worker, a, b in zip(workers, cuts, cuts[1:]) if b > a]))
     first = cluster.free[0]
     return cluster.gather([(first, first.plan_split.remote(job, anchors))])[0]
+
+
+def _session_folder(ray) -> str | None:
+    """The local cluster's session folder (logs, sockets), which a reaped cluster's record removes."""
+    try:
+        return ray._private.worker._global_node.get_session_dir_path()
+    except Exception:  # Ray's internals moved: the processes are still reaped
+        return None
 
 
 def _signal_handlers() -> dict:

@@ -64,8 +64,9 @@ def lead_frames(audio_start: float, fps: Fraction, source_frames: int) -> int:
     video."""
     lead = round(audio_start * fps)
     if lead >= source_frames:
-        raise ValueError(f"audio_start is {audio_start:g} s but the video ends at {float(source_frames / fps):.2f} "
-                         f"s: give a start inside the video")
+        raise ValueError(f"audio_start {audio_start:g} s falls on frame {lead + 1} of a {source_frames}-frame video "
+                         f"(it lasts {float(source_frames / fps):.2f} s): the latest start is "
+                         f"{math.floor((source_frames - 1) / fps * 100) / 100:.2f} s, its last frame")
     return lead
 
 

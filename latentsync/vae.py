@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import unsafe_pickle
+
 # stabilityai/sd-vae-ft-mse's config.json: the VAE every LatentSync version uses
 SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
                  "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -21,6 +23,11 @@ def load_vae(vae_dir: str | Path, device: torch.device | str = "cpu", dtype: tor
     try:
         vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"VAE at {vae_dir} could not be loaded ({error}); re-download it with: "
-                         f"python -m latentsync.checkpoints download --dir {vae_dir.parent}") from error
+        command = f"python -m latentsync.checkpoints download --dir {vae_dir.parent}"
+        if unsafe_pickle(error):
+            raise ValueError(f"the VAE at {vae_dir} is not a safe checkpoint: it holds Python objects besides its "
+                             f"weights, which are never loaded here (they could run code); download the official "
+                             f"one with: {command}") from None
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"VAE at {vae_dir} could not be loaded ({detail}); re-download it with: {command}") from error
     return vae.to(device).eval().requires_grad_(False)

@@ -363,10 +363,10 @@ def count_features(shapes: ModelShapes, dtype: str) -> dict:
 
 
 def cache_file() -> Path:
-    """The counts' file in the user's cache folder (``LATENTSYNC_CACHE`` names another folder)."""
-    folder = os.environ.get("LATENTSYNC_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-                                                        ) / "latentsync"
-    return Path(folder) / "vram_counts.json"
+    """The counts' file in the user's cache folder."""
+    from .paths import user_cache
+
+    return user_cache() / "vram_counts.json"
 
 
 def _read_json(path: Path) -> dict:

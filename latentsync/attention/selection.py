@@ -87,19 +87,22 @@ def create_backend(name: str = "auto", device="cpu", dtype: torch.dtype = torch.
 
 
 def _auto(device: torch.device, dtype: torch.dtype, lip_focus: float) -> str:
-    unavailable = {}  # name -> why
+    """lip_focus 1: the first backend in the table's order that runs here, the ones after it never probed (flex
+    would compile a probe, and leave a compiler cache behind, for nothing); above 1: flex."""
+    if lip_focus != 1.0:
+        ok, reason = availability("flex", device, dtype)
+        if not ok:
+            others = [n for n in BACKENDS if n != "flex" and availability(n, device, dtype)[0]]
+            raise BackendUnavailableError(
+                f"lip_focus={lip_focus} needs the flex backend, which is unavailable: {reason}. Set lip_focus to 1.0 "
+                f"to use {', '.join(others)}.")
+        return "flex"
     for name in BACKENDS:
         ok, reason = availability(name, device, dtype)
-        if not ok:
-            unavailable[name] = reason
-            logger.info("%s unavailable: %s", name, reason)
-    if lip_focus != 1.0:
-        if "flex" in unavailable:
-            raise BackendUnavailableError(
-                f"lip_focus={lip_focus} needs the flex backend, which is unavailable: {unavailable['flex']}. Set "
-                f"lip_focus to 1.0 to use {', '.join(n for n in BACKENDS if n not in unavailable)}.")
-        return "flex"
-    return next(n for n in BACKENDS if n not in unavailable)  # standard always runs
+        if ok:
+            return name
+        logger.info("%s unavailable: %s", name, reason)
+    return "standard"  # (it always runs)
 
 
 def _requested(name: str, device: torch.device, dtype: torch.dtype, lip_focus: float, strict: bool) -> str:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WhisperCheckpointError  # noqa: F401 (raised here; defined with the others)
+from ..errors import WhisperCheckpointError, unsafe_pickle  # noqa: F401 (raised here; defined with the others)
 from .loading import SAMPLE_RATE
 
 HOP_LENGTH = 160
@@ -79,7 +79,7 @@ def _read_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if "Unsupported global" in str(error):  # torch's own text would suggest an unsafe load: never ours
+        if unsafe_pickle(error):  # torch's own text would suggest an unsafe load: never ours
             raise WhisperCheckpointError(
                 f"Whisper checkpoint {path} holds Python objects besides its weights, which are never loaded here "
                 "(they could run code): use the official openai-whisper tiny.pt, e.g. python -m "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..errors import CheckpointCorruptError, CheckpointError  # noqa: F401 (raised here; defined with the others)
+from ..errors import CheckpointCorruptError, CheckpointError, unsafe_pickle  # noqa: F401 (raised here)
 from .unet import UNet3DConditionModel
 
 SHOWN = 5  # keys listed per category in a mismatch message
@@ -69,6 +69,11 @@ def _read_tensors(path: Path) -> Mapping[str, torch.Tensor]:
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if unsafe_pickle(exc):
+            raise CheckpointCorruptError(
+                f"{path} is not a safe checkpoint: it holds Python objects besides its weights, which are never "
+                "loaded here (they could run code); download the official one with python -m "
+                "latentsync.checkpoints download") from None
         # One sentence; torch's own (long, multi-line) message stays available as the cause.
         raise CheckpointCorruptError(f"cannot read the UNet checkpoint {path}: the file is damaged, truncated or "
                                      f"not a checkpoint ({type(exc).__name__}); re-download it.") from exc

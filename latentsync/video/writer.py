@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from .errors import MediaError
 from .ffmpeg import choose_video_encoder, find_ffmpeg
 
 AUDIO_BITRATE = "192k"  # AAC, for the muxed speech
+ROOM_MARGIN = 16 * 1024 ** 2  # a folder with less free space than this (or than the video copied) counts as full
 
 
 def _remove(path: Path | None) -> None:
@@ -308,8 +311,19 @@ def _copy_video(ffmpeg: str, video_input: list[str], out: Path, duration: float,
                             check=False, preexec_fn=_end_with_parent())
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip()[-1500:]
+        if _short_of_room(out.parent, video_input[-1]):  # ffmpeg's words may be about what it read back, cut short
+            raise OSError(errno.ENOSPC, f"No space left on device for {out} ({detail.splitlines()[-1]})")
         what = f"muxing the audio from {audio}" if audio is not None else f"writing {out}"
         raise MediaError(f"{what} failed ({detail}): check that the inputs are readable video and audio files")
+
+
+def _short_of_room(folder: Path, video: str) -> bool:
+    """Whether ``folder``'s disk has less room than a copy of ``video`` (a file, or a concat list's parts) takes:
+    then a failed copy is a full disk, whatever ffmpeg said about it."""
+    try:
+        return shutil.disk_usage(folder).free < max(Path(video).stat().st_size, ROOM_MARGIN)
+    except OSError:
+        return False
 
 
 def _placed_audio_filter(delay: float) -> str:
