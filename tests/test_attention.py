@@ -146,27 +146,27 @@ def test_invalid_parameters():
         create_backend("flash", CPU, torch.float32, lip_focus=2.0)
 
 
-def test_auto_chooses_by_rule_and_logs_why_others_cannot_run(monkeypatch, caplog):
-    """auto: the first backend of the registry's order that runs here (nothing timed), every other one's reason
-    logged; SDPA (flash) leads the order."""
+def test_auto_chooses_by_rule_and_logs_why_others_cannot_run(monkeypatch, caplog, tmp_path):
+    """auto: the first backend of the registry's order that runs here (nothing timed), the reason of each one before
+    it logged, the ones after it never probed (flex's probe would compile, and leave a compiler cache in TMPDIR);
+    SDPA (flash) leads the order."""
+    from latentsync.attention import selection
+
+    monkeypatch.setattr(selection, "_probe_cache", {})
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     with caplog.at_level(logging.INFO, logger="latentsync.attention"):
         assert create_backend("auto", CPU, torch.float32).name == "flash"
     assert "auto -> flash" in caplog.text
-    monkeypatch.setenv(ENV_DISABLE, "flex,xformers")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="latentsync.attention"):
-        backend = create_backend("auto", CPU, torch.float32)
-    assert backend.name == "flash"
-    text = caplog.text
-    assert "flex unavailable: disabled by LATENTSYNC_DISABLE_ATTENTION" in text
-    assert "xformers unavailable" in text
-    assert "auto -> flash" in text
+    assert [key[0] for key in selection._probe_cache] == ["flash"] and not (tmp_path / "inductor").exists()
 
     monkeypatch.setenv(ENV_DISABLE, "flex,xformers,flash")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="latentsync.attention"):
         assert create_backend("auto", CPU, torch.float32).name == "standard"
-    assert "flash unavailable: disabled" in caplog.text
+    text = caplog.text
+    assert "flash unavailable: disabled by LATENTSYNC_DISABLE_ATTENTION" in text
+    assert "xformers unavailable" in text and "flex unavailable: disabled" in text
+    assert "auto -> standard" in text
 
 
 def test_auto_with_lip_focus_needs_flex(monkeypatch):

@@ -4,6 +4,8 @@ import io
 import shutil
 import zipfile
 
+import torch
+
 import pytest
 
 from latentsync import checkpoints
@@ -172,3 +174,33 @@ def test_buffalo_download_is_checked_against_the_published_checksums(tmp_path, m
     assert (target / "2d106det.onnx").read_bytes() == b"landmark bytes"
     assert sorted(p.name for p in target.parent.rglob("*") if p.is_file()) == ["2d106det.onnx", "det_10g.onnx"]
 
+
+
+class _RunsCode:
+    """Unpickled, it would create a file: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    from latentsync.audio import WhisperCheckpointError, WhisperEncoder
+    from latentsync.checkpoints import get_version
+    from latentsync.errors import CheckpointCorruptError
+    from latentsync.models.loading import load_unet, load_unet_config
+
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {"conv_in.weight": _RunsCode(marker)}}, tmp_path / "latentsync_unet.pt")
+    torch.save({"dims": {}, "model_state_dict": _RunsCode(marker)}, tmp_path / "tiny.pt")
+    with pytest.raises(CheckpointCorruptError) as unet:
+        load_unet(tmp_path / "latentsync_unet.pt", load_unet_config(get_version("1.6").unet_config))
+    with pytest.raises(WhisperCheckpointError) as whisper:
+        WhisperEncoder.from_checkpoint(tmp_path / "tiny.pt")
+    assert "is not a safe checkpoint" in str(unet.value) and "latentsync.checkpoints download" in str(unet.value)
+    assert "holds Python objects besides its weights" in str(whisper.value)
+    for error in (unet.value, whisper.value):
+        assert "weights_only" not in str(error) and "False" not in str(error)
+    assert not marker.exists()

@@ -227,13 +227,17 @@ def start_cli_run(workspace, media_dir, tmp_path, *extra: str):
     return process, out, temp, env
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])  # Ctrl-C; docker stop, schedulers, kill
-def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path, name):
-    """Interrupted in the middle of a run: exit code 130, no output, nothing left in the output or temp folder."""
+@pytest.mark.parametrize("names", [["SIGINT"], ["SIGTERM"], ["SIGTERM", "SIGTERM"]])  # Ctrl-C; docker stop; twice
+def test_interrupted_cli_leaves_no_temp_files(workspace, media_dir, tmp_path, names):
+    """Interrupted in the middle of a run: exit code 130, no output, nothing left in the output or temp folder; a
+    second signal while the first is being handled does not cut the cleanup short."""
     import signal
+    import time
 
     process, out, temp, _ = start_cli_run(workspace, media_dir, tmp_path)
-    process.send_signal(getattr(signal, name))
+    for index, name in enumerate(names):
+        time.sleep(0.4 * index)
+        process.send_signal(getattr(signal, name))
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted: no output was written" in err
@@ -322,3 +326,27 @@ def test_frames_only_run_writes_no_file_and_keeps_the_callers_audio_rate(pipelin
         assert (track.sample_rate, track.channels) == (48000, 2)
     with pytest.raises(ValueError, match="nothing would receive the frames"):
         pipeline.run(source, audio, fps=25)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KB tmpfs: an output folder that fills up (root and mount needed: CI's machines and ours have both)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}); "
+                    "test_safe_inputs.test_a_failed_copy_into_a_full_folder_is_a_full_disk covers the sentence")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_output_folder_is_named_not_the_inputs(workspace, media_dir, small_disk):
+    """A full output folder ends the run with the full-disk sentence naming it (not a failed mux blaming the
+    inputs), exit code 1, nothing left there."""
+    done = subprocess.run(small_cli_run(workspace, media_dir, small_disk / "o.mp4", 2.0) + ["--quiet", "--steps", "1"],
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().startswith(f"error: no space left on the disk of {small_disk}"), done.stderr
+    assert "check that the inputs" not in done.stderr and "[Errno" not in done.stderr
+    assert list(small_disk.iterdir()) == []

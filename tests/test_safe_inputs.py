@@ -370,3 +370,221 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
         running.kill()
         running.wait()
     assert remove_stale(tmp_path, output_prefix(out)) == [alive]  # its writer is gone now
+
+
+# -- what a hostile user found: data loss first, then the wrong or missing sentences -----------------------------
+
+
+def test_a_manifest_that_is_an_input_the_jobs_file_or_not_a_manifest_is_refused_untouched(inputs, tmp_path, capsys):
+    video, audio = inputs
+    jobs = write_jobs(tmp_path, f"video,audio,output\n{video.name},{audio.name},out.mp4\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nmore notes\n")
+    for manifest, expected in ((video, "is the video of jobs.csv line 2"), (jobs, "is the jobs file"),
+                               (tmp_path / "out.mp4", None), (notes, "is not a batch manifest")):
+        if expected is None:  # the job's output (not there yet): refused as well
+            expected = "is the output of jobs.csv line 2"
+        before = {path: digest(path) for path in (video, jobs, notes)}
+        message = one_sentence(*run_cli(capsys, "batch", str(jobs), "--quiet", "--manifest", str(manifest)))
+        assert expected in message and "records would be appended" in message, message
+        assert {path: digest(path) for path in before} == before
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_jobs_file_with_an_unclosed_quote_runs_no_job(tmp_path, capsys):
+    jobs = write_jobs(tmp_path, 'video,audio,output\nv.mp4,a.wav,"o1.mp4\nv2.mp4,a2.wav,o2.mp4\nv3.mp4,a3.wav,o3.mp4\n')
+    message = batch_error(capsys, jobs)
+    assert message == ("error: jobs.csv line 2: a quote is opened and never closed; close it, or remove the stray "
+                       "quote")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.csv"]  # no folder named after a broken path
+    jsonl = write_jobs(tmp_path, json.dumps({"video": "v.mp4", "audio": "a.wav", "output": "o1.mp4\nv2.mp4"}) + "\n",
+                       "jobs.jsonl")
+    assert "the output path holds a line break" in batch_error(capsys, jsonl)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("video;audio;output\na.mp4;a.wav;o.mp4\n", "the header is one cell separated by ';'"),
+    ("Video,Audio,Output\na.mp4,a.wav,o.mp4\n", "column names are lower case: write video, audio, output for Video, "
+                                                "Audio, Output"),
+])
+def test_a_jobs_file_with_another_separator_or_capitals_is_named(tmp_path, capsys, text, expected):
+    assert expected in batch_error(capsys, write_jobs(tmp_path, text))
+
+
+def test_resume_redoes_an_output_cut_short(tmp_path):
+    """A done record keeps the output's size: a file cut short since (its header still says how many frames) is
+    redone; the same file whole is complete."""
+    import av
+
+    from latentsync.jobs import Job
+    from latentsync.manifest import is_complete, job_record
+
+    out = tmp_path / "o.mp4"
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(3):
+            noise = np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(noise, format="rgb24")))
+        container.mux(stream.encode())
+    job = Job(1, tmp_path / "v.mp4", tmp_path / "a.wav", out, where="jobs.csv line 2")
+    job.settings = lambda: {}
+    record = job_record(job, status="done", frames=3, settings={})
+    assert record["bytes"] == out.stat().st_size and is_complete(job, record)
+    with open(out, "r+b") as handle:
+        handle.truncate(out.stat().st_size - 100)
+    assert not is_complete(job, record)
+    out.unlink()
+    assert not is_complete(job, record)
+
+
+def test_failed_jobs_are_listed_after_the_batch(tmp_path, capsys):
+    jobs = write_jobs(tmp_path, "video,audio,output\nmissing1.mp4,a.wav,o1.mp4\nmissing2.mp4,a.wav,o2.mp4\n")
+    code, err = run_cli(capsys, "batch", str(jobs), "--quiet")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("failed: jobs.csv line 2 (missing1.mp4 -> o1.mp4): FileNotFoundError: video file not "
+                               "found"), err
+    assert lines[1].startswith("failed: jobs.csv line 3 (missing2.mp4 -> o2.mp4)")
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("banana", "--device banana: give cpu, cuda, cuda:N (the N-th GPU) or mps"),
+    ("cuda", "--device cuda: this torch"),
+])
+def test_a_device_this_machine_lacks_is_one_sentence(inputs, tmp_path, capsys, device, expected):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is fine here (CI has none)")
+    video, audio = inputs
+    message = one_sentence(*run_cli(capsys, "--video", str(video), "--audio", str(audio), "--out",
+                                    str(tmp_path / "o.mp4"), "--device", device))
+    assert expected in message
+
+
+def test_an_output_inside_a_file_or_with_a_name_too_long(inputs, tmp_path, capsys):
+    video, audio = inputs
+    (tmp_path / "afile.txt").write_text("")
+    message = one_sentence(*run_cli(capsys, "--video", str(video), "--audio", str(audio), "--out",
+                                    str(tmp_path / "afile.txt" / "x.mp4")))
+    assert "afile.txt is a file, not a folder" in message
+    message = one_sentence(*run_cli(capsys, "--video", str(video), "--audio", str(audio), "--out",
+                                    str(tmp_path / ("n" * 300 + ".mp4"))))
+    assert "is 304 bytes long and this disk takes at most 255" in message
+
+
+def test_temporary_names_of_a_long_output_stay_short(tmp_path):
+    """A legal 244-byte output name: its hidden partial files' names still fit the disk's 255 bytes."""
+    from latentsync.tempfiles import output_prefix, owned_name
+
+    name = "n" * 240 + ".mp4"
+    temp = owned_name(output_prefix(tmp_path / name), ".partial.mp4")
+    assert len(temp) < 150
+    (tmp_path / temp).write_bytes(b"")  # the disk takes it
+    assert output_prefix(tmp_path / name) != output_prefix(tmp_path / ("n" * 239 + "m.mp4"))  # told apart
+
+
+def test_an_audio_start_past_the_video_says_the_last_that_works():
+    from fractions import Fraction as F
+
+    from latentsync.cli import in_flags
+    from latentsync.options import PipelineOptions
+    from latentsync.timeline import plan_timeline
+
+    with pytest.raises(ValueError) as error:
+        plan_timeline(PipelineOptions(audio_start=0.99), 25, F(25), 50)
+    assert str(error.value) == ("audio_start 0.99 s falls on frame 26 of a 25-frame video (it lasts 1.00 s): the "
+                                "latest start is 0.96 s, its last frame")
+    assert in_flags(str(error.value)).startswith("--audio-start 0.99 s falls on frame 26")
+    assert plan_timeline(PipelineOptions(audio_start=0.96), 25, F(25), 50).lead == 24
+
+
+def test_a_ray_address_that_is_not_a_ray_head_is_one_sentence_in_seconds(tmp_path, capsys):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def answer_like_a_web_server():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            connection.close()
+
+    threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+    started = time.monotonic()
+    message = one_sentence(*run_cli(capsys, "batch", str(failing_job(tmp_path)), "--quiet", "--ray",
+                                    f"127.0.0.1:{server.getsockname()[1]}"))
+    server.close()
+    assert "is not a Ray cluster's head" in message and time.monotonic() - started < 10
+
+
+def test_a_stage_only_announced_leaves_no_bar_at_zero(capsys):
+    from latentsync.cli import TqdmProgress
+
+    progress = TqdmProgress(True)
+    progress("detect faces", 0, 50)
+    progress("lip-sync", 25, 50)
+    progress("lip-sync", 50, 50)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "detect faces" not in err and "lip-sync" in err and list(progress.bars) == ["lip-sync"]
+
+
+def test_a_failed_copy_into_a_full_folder_is_a_full_disk(tmp_path, monkeypatch):
+    """ffmpeg's words for a copy into a full folder may be about what it read back ("moov atom not found"): with less
+    room there than the video takes, the failure is a full disk, named as such."""
+    from latentsync.video import writer
+
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"not a video" * 1000)
+    out = tmp_path / "o.mp4"
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda folder: free._replace(free=1000))
+    with pytest.raises(OSError) as error:
+        writer._copy_video(writer.find_ffmpeg(), ["-i", str(video)], out, 1.0, None, None)
+    assert error.value.errno == errno.ENOSPC and disk_full_sentence(error.value, [tmp_path], tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(MediaError, match="check that the inputs are readable"):  # room enough: the input's fault
+        writer._copy_video(writer.find_ffmpeg(), ["-i", str(video)], out, 1.0, None, None)
+
+
+def test_a_killed_batchs_local_cluster_is_ended_by_the_next_batch(tmp_path, monkeypatch):
+    """A driver killed with SIGKILL never shuts its local Ray cluster down: the processes it recorded (a stand-in
+    here: one that outlives its parent, as Ray's agents do) are ended by the next batch, its session folder removed;
+    a live driver's cluster is left alone."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from latentsync import local_cluster
+
+    monkeypatch.setenv("LATENTSYNC_CACHE", str(tmp_path / "cache"))
+    session = tmp_path / "session"
+    session.mkdir()
+    driver = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, sys, time
+from latentsync import local_cluster
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+local_cluster.remember({str(session)!r})
+print("ready", flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert driver.stdout.readline().strip() == "ready"
+    [agent] = psutil.Process(driver.pid).children()
+    own = local_cluster.remember(None)  # this process's own cluster: its driver runs
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=10)
+    assert agent.is_running()  # outlived its driver
+    assert local_cluster.reap() == 1
+    assert not agent.is_running() or agent.status() == psutil.STATUS_ZOMBIE
+    assert not session.exists() and [p.name for p in local_cluster.records_folder().iterdir()] == [own.name]
+    local_cluster.forget(own)
