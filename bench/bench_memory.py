@@ -1,6 +1,7 @@
 """Peak host RAM of the whole pipeline for a short and a long output at the real 1080x1920 frame size.
 
     python bench/bench_memory.py [--long-seconds 125] [--kept-seconds 60] [--pair both|speech|kept]
+    python bench/bench_memory.py --slope-seconds 180
 
 Runs the command line in fresh processes with tiny real-format checkpoints (so the numbers measure the
 pipeline's own buffering, not model weights): the 10 s demo clip with its 10 s speech (250 frames), and the
@@ -9,6 +10,10 @@ frames go to the disk cache). Then dubbing: 1 s of speech placed 2 s into the vi
 (``--audio-start 2 --when-video-is-longer keep``), in the 10 s clip and in the clip looped to ``--kept-seconds``
 (stream-copied by ffmpeg): the kept frames pass through. Prints JSON with peak RSS of each and the long-to-short
 ratios; the target is <= 1.10.
+
+``--slope-seconds S``: one run of S seconds of speech on demo1 looped and scaled to 540x960 (where the frame count
+matters, not the frame size), its process's RSS sampled every second: the slope in KB per output frame over the
+second half of the run (frames at the run's average rate; target < 1 KB a frame), and the RSS at each tenth.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import soundfile
 from report import PeakRSS, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
+sys.path.insert(0, str(REPO))
 
 
 def peak_rss_of(command: list[str], env: dict) -> tuple[float, float, int]:
@@ -61,12 +68,48 @@ def looped_video(seconds: float, folder: Path) -> Path:
     return path
 
 
+def rss_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config: Path) -> dict:
+    """One long run's RSS through time: the slope in KB per frame over its second half."""
+    from latentsync.video.ffmpeg import find_ffmpeg
+
+    video = folder / f"video_{int(seconds)}s_540.mp4"
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-stream_loop",
+                    str(int(np.ceil(seconds / 10.0))), "-i", str(MEDIA / "demo1_video.mp4"), "-an", "-vf",
+                    "scale=540:960", "-t", str(seconds), str(video)], check=True)
+    out = folder / "slope.mp4"
+    command = [sys.executable, "-m", "latentsync", "--video", str(video), "--audio", str(looped_speech(seconds, folder)),
+               "--out", str(out), "--checkpoints", str(checkpoints), "--unet-config", str(config), "--detector",
+               "dlib", "--steps", "1", "--quiet", "--device", "cpu"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watched, samples = psutil.Process(process.pid), []
+    while process.poll() is None:
+        try:
+            samples.append((time.perf_counter() - started, watched.memory_info().rss))
+        except psutil.Error:
+            break
+        time.sleep(1.0)
+    stderr = process.communicate()[1].decode(errors="replace")
+    if process.returncode:
+        print(stderr[-3000:], file=sys.stderr)
+    frames = _count_frames(out) if out.exists() else 0
+    elapsed = time.perf_counter() - started
+    times, rss = np.array([t for t, _ in samples]), np.array([r for _, r in samples], dtype=np.float64)
+    later = times > times[-1] / 2
+    per_second = np.polyfit(times[later], rss[later], 1)[0] if later.sum() > 2 else float("nan")
+    return {"seconds_of_speech": seconds, "frames": frames, "seconds": round(elapsed, 1), "exit_code":
+            process.returncode, "slope_kb_per_frame": round(per_second / (frames / elapsed) / 1024, 2),
+            "rss_mb_each_tenth": [round(rss[int(k * (len(rss) - 1) / 10)] / 1e6) for k in range(11)],
+            "target_kb_per_frame": "< 1"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long-seconds", type=float, default=125.0)
     parser.add_argument("--kept-seconds", type=float, default=60.0, help="the long video of the dubbing runs")
     parser.add_argument("--pair", choices=["both", "speech", "kept"], default="both",
                         help="speech: the short and the long speech; kept: the two dubbing runs")
+    parser.add_argument("--slope-seconds", type=float, default=None, help="instead: one run's RSS slope per frame")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "memory.json"))
     args = parser.parse_args()
 
@@ -76,6 +119,11 @@ def main() -> int:
         folder = Path(tmp)
         config = make_tiny_checkpoints(folder / "checkpoints", resolution=64)  # small model: measure buffering
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+        if args.slope_seconds:
+            result = rss_slope(args.slope_seconds, folder, env, folder / "checkpoints", config)
+            write_report({"benchmark": "RSS slope through one long run (tiny checkpoints, 540x960)", **result},
+                          args.out)
+            return 0 if result["exit_code"] == 0 else 1
         demo, dub = MEDIA / "demo1_video.mp4", ["--audio-start", "2", "--when-video-is-longer", "keep"]
         runs = {}
         if args.pair in ("both", "speech"):

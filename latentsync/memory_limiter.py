@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 from dataclasses import dataclass, field, replace
@@ -250,6 +251,25 @@ def log_memory(stage: str) -> dict:
 
 def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _glibc():
+    try:
+        library = ctypes.CDLL("libc.so.6")
+        return library if hasattr(library, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, Windows, musl): their allocators give memory back by themselves
+        return None
+
+
+_LIBC = _glibc()
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim): the stage threads' arenas otherwise keep
+    what a group freed among what later groups hold, and RSS creeps up with the frame count (about 60 KB a frame
+    measured on a 60 s run; flat with a trim after every group). A few milliseconds; nothing else changes."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def free_memory() -> None:

@@ -15,7 +15,7 @@ import torch
 from ..face import FaceStage, no_face_error
 from ..frames import frames_between
 from ..mask import mouth_weight
-from ..memory_limiter import MemoryPlan, log_memory
+from ..memory_limiter import MemoryPlan, log_memory, trim_heap
 from .align import StreamedAlign, run_aligner
 from .control import Progress, RunBatches, RunControl, check_cancel
 from .pingpong import PingPongAlign
@@ -140,6 +140,7 @@ class SyncedFrames:
                     self.mask_sink(group.mouth if group.mouth is not None else _no_mouth(group.frames))
                 yield group.frames
                 pool.release(group.frames)
+                trim_heap()
         finally:
             stopping.set()
             groups.close()
@@ -159,6 +160,7 @@ class SyncedFrames:
                     self.mask_sink(_no_mouth(batch))
                 yield batch
                 pool.release(batch)
+                trim_heap()
                 self.control.report("pass video through", position + len(batch) - start, stop - start)
         finally:
             batches.close()

@@ -36,10 +36,8 @@ class Synthesis:
                                         None if memory.streamed else models.compiled(options.compile))
 
     def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
-        plan, times = self.plan, self.control.times
-        with contextlib.ExitStack() as stack:
-            if plan.memory.streamed:  # (compiled calls are not used then: hooks move the weights)
-                stack.enter_context(streamed_weights(self.models.unet, self.models.device))
+        streamed = self.plan.memory.streamed  # (compiled calls are not used then: hooks move the weights)
+        with streamed_weights(self.models.unet, self.models.device) if streamed else contextlib.nullcontext():
             yield from self._groups(groups)
 
     def _groups(self, groups: Iterator[Group]) -> Iterator[Group]:
