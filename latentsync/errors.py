@@ -73,8 +73,17 @@ class ManifestError(LatentSyncError, RuntimeError):
 def unsafe_pickle(error: BaseException) -> bool:
     """Whether torch's weights-only load refused the file for holding Python objects besides tensors (which could
     run code): such a file is never loaded here, and torch's advice to load it unsafely is never repeated."""
+    return "Unsupported global" in str(error)  # a GLOBAL opcode naming a callable: code would run on loading
+
+
+def torch_load_detail(error: BaseException) -> str:
+    """What went wrong reading a checkpoint, in a few words of torch's, never its advice on loading unsafely."""
     text = str(error)
-    return "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text
+    if "Weights only load failed" in text:  # torch's long text, advice included: only its cause, if it names one
+        causes = [line.strip() for line in text.splitlines() if line.strip().startswith(("WeightsUnpickler error",
+                                                                                          "Unsupported"))]
+        return causes[0] if causes else "not a weights-only checkpoint"
+    return (text.strip().splitlines() or [type(error).__name__])[0]
 
 
 def sentence_of(error: BaseException) -> str:

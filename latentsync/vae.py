@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import unsafe_pickle
+from .errors import torch_load_detail, unsafe_pickle
 
 # stabilityai/sd-vae-ft-mse's config.json: the VAE every LatentSync version uses
 SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -28,6 +28,6 @@ def load_vae(vae_dir: str | Path, device: torch.device | str = "cpu", dtype: tor
             raise ValueError(f"the VAE at {vae_dir} is not a safe checkpoint: it holds Python objects besides its "
                              f"weights, which are never loaded here (they could run code); download the official "
                              f"one with: {command}") from None
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        detail = torch_load_detail(error)
         raise ValueError(f"VAE at {vae_dir} could not be loaded ({detail}); re-download it with: {command}") from error
     return vae.to(device).eval().requires_grad_(False)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WhisperCheckpointError, unsafe_pickle  # noqa: F401 (raised here; defined with the others)
+from ..errors import WhisperCheckpointError, torch_load_detail, unsafe_pickle  # noqa: F401 (raised here)
 from .loading import SAMPLE_RATE
 
 HOP_LENGTH = 160
@@ -84,7 +84,7 @@ def _read_checkpoint(path: Path):
                 f"Whisper checkpoint {path} holds Python objects besides its weights, which are never loaded here "
                 "(they could run code): use the official openai-whisper tiny.pt, e.g. python -m "
                 "latentsync.checkpoints download") from None
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        detail = torch_load_detail(error)
         raise WhisperCheckpointError(f"Whisper checkpoint {path} could not be read ({type(error).__name__}: "
                                      f"{detail}); it is corrupt or not an openai-whisper .pt file: download it "
                                      "again") from error
