@@ -97,7 +97,8 @@ def test_frames_without_a_face_and_a_start_outside_the_video(setup):
     produced = collect(run)
     assert np.array_equal(produced[12:16], frames[12:16]) and not np.concatenate(masks)[12:16].any()
     assert run.result().frames_without_face == 4
-    with pytest.raises(ValueError, match="audio_start is 1.2 s but the video ends at 1.20 s"):
+    with pytest.raises(ValueError, match=r"audio_start 1.2 s falls on frame 31 of a 30-frame video \(it lasts 1.20 s\): "
+                                         r"the latest start is 1.16 s, its last frame"):
         pipeline(setup, audio_start=1.2).frames(frames, make_audio(setup["media"], setup["folder"], 0.5), fps=25)
 
 
