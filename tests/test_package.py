@@ -23,7 +23,7 @@ def test_wheel_has_the_library_its_data_and_the_command(tmp_path):
         assert needed in names, needed
     assert not any(name.startswith(("tests/", "bench/", "nodes.py")) for name in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "latentsync = latentsync.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "latentsync = latentsync.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
     target = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
