@@ -242,8 +242,13 @@ def _in_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's storage as the caching allocator hands it out."""
+    return block_bytes(tensor.untyped_storage().nbytes())
+
+
 def module_bytes(module: torch.nn.Module) -> int:
-    return sum(block_bytes(t.untyped_storage().nbytes()) for t in [*module.parameters(), *module.buffers()])
+    return sum(stored_bytes(t) for t in [*module.parameters(), *module.buffers()])
 
 
 def count_weights(shapes: ModelShapes, dtype: str) -> dict:
@@ -253,7 +258,7 @@ def count_weights(shapes: ModelShapes, dtype: str) -> dict:
 
     _, unet, vae, whisper = fake_models(shapes, dtype)
     return {"unet": module_bytes(unet), "vae": module_bytes(vae), "whisper": module_bytes(whisper),
-            "unet_streamed": resident_bytes(unet, lambda t: block_bytes(t.untyped_storage().nbytes()))}
+            "unet_streamed": resident_bytes(unet, stored_bytes)}
 
 
 def count_denoise(shapes: ModelShapes, work: GpuWork, steps: int = 2) -> dict:
