@@ -154,6 +154,8 @@ def _loadable(check) -> bool | str:
 
 def problems(report: dict) -> list[str]:
     """What stops the default path, each with the fix."""
+    from latentsync.checkpoints import DEFAULT_CHECKPOINTS, download_command
+
     found = []
     torch_info = report["torch"]
     if "error" in torch_info:
@@ -169,7 +171,7 @@ def problems(report: dict) -> list[str]:
     detectors = report["detectors"]
     if "error" in detectors or not any(d["available"] for d in detectors.values()):
         found.append("no face detector works: pip install dlib-bin face_recognition_models, or download buffalo_l "
-                     "with python -m latentsync.checkpoints download")
+                     f"with {download_command(None, DEFAULT_CHECKPOINTS)}")
     checkpoints = report["checkpoints"]
     if "error" in checkpoints:
         found.append(f"checkpoints could not be checked: {checkpoints['error']}")
@@ -179,8 +181,8 @@ def problems(report: dict) -> list[str]:
                 continue  # optional: without it the dlib detector stands in (the detectors section says so)
             if not info["present"] or info.get("loadable", True) is not True:
                 why = "missing" if not info["present"] else f"not loadable ({info['loadable']})"
-                found.append(f"checkpoint {info['path']} {why}: run python -m latentsync.checkpoints download "
-                             f"--version {checkpoints['version']} --dir {checkpoints['root']}")
+                command = download_command(checkpoints["version"], Path(checkpoints["root"]))
+                found.append(f"checkpoint {info['path']} {why}: run {command}")
     return found
 
 

@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCHEDULER_CONFIG = CONFIG_DIR / "scheduler_config.json"
 # A checkout (the ComfyUI pack, the README's quick start) keeps its weights in its own checkpoints/; an installed
 # package in the user's cache.
-DEFAULT_CHECKPOINTS = (PACKAGE_ROOT / "checkpoints" if (PACKAGE_ROOT / "nodes.py").is_file()
+DEFAULT_CHECKPOINTS = (PACKAGE_ROOT / "checkpoints" if (PACKAGE_ROOT / "comfyui").is_dir()
                        else Path.home() / ".cache" / "latentsync" / "checkpoints")
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
@@ -95,8 +95,13 @@ def search_dirs(explicit: Folders = None) -> list[Path]:
     return dirs
 
 
-def download_command(version: str, root: Path) -> str:
-    return f"python -m latentsync.checkpoints download --version {version} --dir {root}"
+def download_command(version: str | None, root: Path) -> str:
+    """The download command as it runs from any folder (ComfyUI's users paste it in ComfyUI's folder, where
+    ``latentsync`` is not importable): it changes to this package's folder and names the Python running now."""
+    change = "cd /d" if os.name == "nt" else "cd"
+    version = f" --version {version}" if version else ""
+    return (f'{change} "{PACKAGE_ROOT}" && "{sys.executable}" -m latentsync.checkpoints download{version} '
+            f'--dir "{Path(root).resolve()}"')
 
 
 def _find(relative: str, dirs: list[Path]) -> Path | None:

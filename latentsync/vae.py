@@ -23,7 +23,9 @@ def load_vae(vae_dir: str | Path, device: torch.device | str = "cpu", dtype: tor
     try:
         vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as error:
-        command = f"python -m latentsync.checkpoints download --dir {vae_dir.parent}"
+        from .checkpoints import download_command
+
+        command = download_command(None, vae_dir.parent)
         if unsafe_pickle(error):
             raise ValueError(f"the VAE at {vae_dir} is not a safe checkpoint: it holds Python objects besides its "
                              f"weights, which are never loaded here (they could run code); download the official "

@@ -43,7 +43,7 @@ def test_offline_missing_file_names_path_and_download_command(tmp_path, tiny_set
         locate("1.6", tmp_path / "ckpt")
     message = str(error.value)
     assert str(tmp_path / "ckpt" / "whisper" / "tiny.pt") in message
-    assert f"python -m latentsync.checkpoints download --version 1.6 --dir {tmp_path / 'ckpt'}" in message
+    assert f'-m latentsync.checkpoints download --version 1.6 --dir "{tmp_path / "ckpt"}"' in message
     assert "\n" not in message
 
 
@@ -136,6 +136,21 @@ def test_download_command_offline_says_so_once_fast_and_creates_nothing(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert checkpoints.main(["download", "--dir", str(tmp_path / "typo")]) == 1
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_the_download_command_of_messages_runs_from_any_folder(tmp_path):
+    """Pasted where a ComfyUI user is (ComfyUI's folder, where ``latentsync`` is not importable), the command the
+    messages give reaches the downloader: here it stops at the offline switch, not at "No module named"."""
+    import os
+    import subprocess
+
+    elsewhere = tmp_path / "ComfyUI"
+    elsewhere.mkdir()
+    command = checkpoints.download_command("1.6", tmp_path / "ckpt")
+    done = subprocess.run(command, shell=True, cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    assert done.returncode == 1 and "No module named" not in done.stderr
+    assert "HF_HUB_OFFLINE=1" in done.stderr and not (tmp_path / "ckpt").exists()
 
 
 class _Response(io.BytesIO):

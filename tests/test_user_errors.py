@@ -52,7 +52,7 @@ def test_missing_unet_config_names_the_flag(inputs, tmp_path):
 def test_mistyped_checkpoints_folder_downloads_nothing_and_creates_nothing(inputs, tmp_path):
     typo = tmp_path / "chekpoints"
     message = one_sentence(cli(*inputs, "--out", str(tmp_path / "o.mp4"), "--checkpoints", str(typo), cwd=tmp_path))
-    assert "--checkpoints: no such folder" in message and "python -m latentsync.checkpoints download" in message
+    assert "--checkpoints: no such folder" in message and "-m latentsync.checkpoints download" in message
     assert not typo.exists() and not (tmp_path / "o.mp4").exists()
 
 
@@ -69,7 +69,7 @@ def test_a_run_never_downloads_a_missing_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("a run downloaded"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(MissingCheckpointError, match="python -m latentsync.checkpoints download"):
+    with pytest.raises(MissingCheckpointError, match="-m latentsync.checkpoints download"):
         locate("1.6", tmp_path / "empty")
     assert not (tmp_path / "empty").exists()
 

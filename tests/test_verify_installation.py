@@ -51,7 +51,7 @@ def test_missing_and_mismatched_checkpoints_fail_with_the_fix(tiny_set, tmp_path
     assert "Problems:" in done.stdout and "MISSING" in done.stdout
     assert f"{broken / 'whisper' / 'tiny.pt'} missing" in done.stdout
     assert "does not match the LatentSync UNet config" in done.stdout
-    assert f"python -m latentsync.checkpoints download --version 1.6 --dir {broken}" in done.stdout
+    assert f'-m latentsync.checkpoints download --version 1.6 --dir "{broken}"' in done.stdout
     assert "attention backend" in done.stdout and "standard" in done.stdout
 
 
