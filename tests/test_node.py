@@ -8,11 +8,13 @@ the package index, so CI has no ComfyUI), or the real modules of a ComfyUI check
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,123 +52,191 @@ def library(name: str):
     return importlib.import_module(f"{PACKAGE_NAME}.latentsync.{name}")
 
 
-def _drop_comfy_modules() -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in COMFY_MODULES:
-            del sys.modules[name]
-
-
-@pytest.fixture
-def comfyui(tmp_path, monkeypatch):
-    """ComfyUI's modules (the stand-in, or a real checkout's) in sys.modules, with private folders under tmp_path;
-    removed again afterwards so the other tests run outside ComfyUI."""
-    _drop_comfy_modules()
-    base = tmp_path / "comfy-base"
+@pytest.fixture(scope="session")
+def comfy_modules():
+    """ComfyUI's modules in sys.modules for the session, as ComfyUI has them before it loads a custom node: the
+    stand-in, or a real checkout's. The HTTP server is the stand-in's in both cases (a real one is what
+    test_comfyui_integration.py runs). The library never looks at them, so the tests after these are unaffected."""
+    sys.path.insert(0, COMFYUI_DIR or str(STANDIN))
     if COMFYUI_DIR:
-        monkeypatch.syspath_prepend(COMFYUI_DIR)
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True  # before model_management decides on a device
-        import folder_paths
+    spec = importlib.util.spec_from_file_location("server", STANDIN / "server.py")
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    sys.modules["server"] = server
+    server.PromptServer()
+    import comfy.model_management
+    import comfy.utils
+    import folder_paths
 
+    return {"folder_paths": folder_paths, "mm": comfy.model_management, "utils": comfy.utils,
+            "server": server.PromptServer.instance}
+
+
+@pytest.fixture(scope="session")
+def package(comfy_modules):
+    """The pack loaded as ComfyUI loads it, and its nodes as ComfyUI registers them (comfy_entrypoint)."""
+    module = load_as_comfyui()
+    extension = asyncio.run(module.comfy_entrypoint())
+    module.nodes = {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+    return module
+
+
+@pytest.fixture
+def comfyui(package, comfy_modules, tmp_path, monkeypatch):
+    """ComfyUI's folders private to the test (under tmp_path), its progress bar hooked, the sent texts cleared."""
+    base = tmp_path / "comfy-base"
+    folder_paths = comfy_modules["folder_paths"]
+    if COMFYUI_DIR:
         for folder in ("models", "output", "temp", "input"):
             (base / folder).mkdir(parents=True)
+        monkeypatch.delitem(folder_paths.folder_names_and_paths, "latentsync", raising=False)  # earlier tests'
         folder_paths.models_dir = str(base / "models")
         folder_paths.set_output_directory(str(base / "output"))
         folder_paths.set_temp_directory(str(base / "temp"))
         folder_paths.set_input_directory(str(base / "input"))
     else:
-        monkeypatch.syspath_prepend(str(STANDIN))
-        import folder_paths
-
         folder_paths.configure(str(base))
-    import comfy.model_management
-    import comfy.model_patcher  # noqa: F401
-    import comfy.utils
-
-    # The HTTP server is the stand-in's in both cases: a real one is what test_comfyui_integration.py runs
-    spec = importlib.util.spec_from_file_location("server", STANDIN / "server.py")
-    server = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(server)
-    sys.modules["server"] = server
-    prompt_server = server.PromptServer()
     updates = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+    monkeypatch.setattr(comfy_modules["utils"], "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
                         updates.append((value, total, node_id)))
+    comfy_modules["server"].texts.clear()
     try:
-        yield {"base": base, "folder_paths": folder_paths, "mm": comfy.model_management, "updates": updates,
-               "server": prompt_server}
+        yield {**comfy_modules, "base": base, "updates": updates}
     finally:
-        comfy.model_management.unload_all_models()
-        _drop_comfy_modules()
-
-
-@pytest.fixture(scope="session")
-def package():
-    return load_as_comfyui()
+        comfy_modules["mm"].unload_all_models()
 
 
 @pytest.fixture(scope="session")
 def nodes(package):
-    return sys.modules[f"{PACKAGE_NAME}.nodes"]
+    return package.nodes
+
+
+def execute(node_class, node_id=None, prompt=None, **inputs):
+    """What ComfyUI does to run a V3 node (PREPARE_CLASS_CLONE, whose argument differs between releases): a clone of
+    the class holding the hidden inputs, then ``execute``."""
+    from comfy_api.latest import io
+
+    clone = type(node_class.__name__, (node_class,), {})
+    clone.hidden = io.HiddenHolder.from_dict({io.Hidden.unique_id: node_id, io.Hidden.prompt: prompt})
+    return clone.execute(**inputs)
 
 
 # -- the nodes' surface (no models needed) --------------------------------------------------------------------------
 
 
-def test_mappings_and_display_names(package):
-    assert set(package.NODE_CLASS_MAPPINGS) == {"LatentSyncModelLoader", "LatentSyncLipSync"}
-    assert package.NODE_DISPLAY_NAME_MAPPINGS == {"LatentSyncModelLoader": "LatentSync Model Loader",
-                                                  "LatentSyncLipSync": "Lip Sync, Talking Head Dubbing (LatentSync)"}
-    loader, lipsync = (package.NODE_CLASS_MAPPINGS[n] for n in ("LatentSyncModelLoader", "LatentSyncLipSync"))
-    assert loader.RETURN_TYPES == ("LATENTSYNC_MODEL",)
-    assert lipsync.RETURN_TYPES == ("VIDEO", "AUDIO", "IMAGE", "MASK")
-    assert lipsync.RETURN_NAMES == ("video", "audio", "frames", "mouth_mask")
-    for cls in (loader, lipsync):
-        assert callable(getattr(cls(), cls.FUNCTION))
-        assert {"lip sync", "lipsync", "talking head"} <= set(cls.SEARCH_ALIASES)
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) and cls.DESCRIPTION
+def test_registered_through_comfy_entrypoint_with_ids_names_and_types(package):
+    """The ids, input names, output names and types of every earlier release (saved workflows name them)."""
+    assert not hasattr(package, "NODE_CLASS_MAPPINGS")  # ComfyUI would then ignore comfy_entrypoint
+    assert set(package.nodes) == {"LatentSyncModelLoader", "LatentSyncLipSync"}
+    loader, lipsync = package.nodes["LatentSyncModelLoader"], package.nodes["LatentSyncLipSync"]
+    assert {k: node.GET_SCHEMA().display_name for k, node in package.nodes.items()} == {
+        "LatentSyncModelLoader": "LatentSync Model Loader",
+        "LatentSyncLipSync": "Lip Sync, Talking Head Dubbing (LatentSync)"}
+    assert tuple(loader.RETURN_TYPES) == ("LATENTSYNC_MODEL",)
+    assert tuple(lipsync.RETURN_TYPES) == ("VIDEO", "AUDIO", "IMAGE", "MASK")
+    assert tuple(lipsync.RETURN_NAMES) == ("video", "audio", "frames", "mouth_mask")
+    assert lipsync.OUTPUT_NODE is True
+    inputs = lipsync.INPUT_TYPES()
+    assert list(inputs["required"]) == [
+        "model", "audio", "seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level",
+        "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache"]
+    assert list(inputs["optional"]) == [
+        "video", "images", "fps", "face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start",
+        "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget"]
+    for node in (loader, lipsync):
+        schema = node.GET_SCHEMA()
+        if hasattr(schema, "search_aliases"):  # newer ComfyUI: the search box finds it by these words
+            assert {"lip sync", "lipsync", "talking head"} <= set(schema.search_aliases)
+        assert len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) and all(node.OUTPUT_TOOLTIPS)
+        assert node.DESCRIPTION and node.CATEGORY == "LatentSync"
 
 
 def test_every_input_has_a_tooltip_and_the_schema_defaults(package):
     schema = library("options").RUN
-    for cls in package.NODE_CLASS_MAPPINGS.values():
-        inputs = cls.INPUT_TYPES()
+    for node in package.nodes.values():
+        inputs = node.INPUT_TYPES()
         json.dumps(inputs)  # ComfyUI serves this as JSON (/object_info)
         for section in ("required", "optional"):
             for name, (kind, spec) in inputs.get(section, {}).items():
-                assert spec.get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
-    inputs = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"].INPUT_TYPES()
+                assert spec.get("tooltip"), f"{node.__name__}.{name} has no tooltip"
+    inputs = package.nodes["LatentSyncLipSync"].INPUT_TYPES()
     required, optional = inputs["required"], inputs["optional"]
     assert required["seed"][1]["control_after_generate"] is True and required["seed"][1]["default"] == 1247
     assert required["lips_expression"][0] == "FLOAT"
     assert {k: required["lips_expression"][1][k] for k in ("default", "min", "max")} == {
         "default": 1.5, "min": 1.0, "max": 3.0}
     assert (required["inference_steps"][0], required["inference_steps"][1]["default"]) == ("INT", 20)
-    assert required["attention_mode"][0] == list(schema["attention"].choices)
-    assert required["output_mode"][0] == ["auto", "video_file", "frames"]
+    assert required["attention_mode"][0] == "COMBO"
+    assert required["attention_mode"][1]["options"] == list(schema["attention"].choices)
+    assert required["output_mode"][1]["options"] == ["auto", "video_file", "frames"]
+    assert (required["deepcache"] if "deepcache" in required else optional["deepcache"])[0] == "BOOLEAN"
     assert optional["video"][0] == "VIDEO" and optional["images"][0] == "IMAGE"
     assert "video_path" not in optional  # no free-text server paths
-    assert inputs["hidden"] == {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}
+    assert {name: spec[0] for name, spec in inputs["hidden"].items()} == {
+        "unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
-def test_import_is_cheap_and_relative(tmp_path):
-    """Importing the pack loads no torch, and the nodes import the library inside the pack, never a top-level
-    ``latentsync`` (two LatentSync packs can coexist; the folder name may have dashes)."""
+def test_the_few_widgets_of_every_run_are_in_view_and_the_rest_advanced(package):
+    """seed, lips_expression, inference_steps and face stay on the node; the speed, memory and dubbing settings
+    carry ComfyUI's ``advanced`` flag (the frontend folds them behind "show advanced inputs")."""
+    inputs = package.nodes["LatentSyncLipSync"].INPUT_TYPES()
+    widgets = {name: spec for section in ("required", "optional") for name, (kind, spec) in inputs[section].items()
+               if kind in ("INT", "FLOAT", "BOOLEAN", "COMBO") and name != "fps"}
+    in_view = {name for name, spec in widgets.items() if not spec.get("advanced")}
+    assert in_view == {"seed", "lips_expression", "inference_steps", "face"}
+    assert {"vram_fraction", "compile", "audio_start", "mouth_feather", "output_mode"} <= set(widgets) - in_view
+
+
+def test_without_the_v3_schema_one_log_line_and_an_empty_pack(tmp_path):
+    """On a ComfyUI without comfy_api.latest (or outside ComfyUI), the pack loads empty with one line saying which
+    ComfyUI it needs; importing it loads neither torch nor the library."""
     code = f"""
-import importlib, importlib.util, sys
+import importlib.util, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 root = {str(REPO)!r}
 spec = importlib.util.spec_from_file_location("my-latentsync-pack", root + "/__init__.py",
                                               submodule_search_locations=[root])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-assert "torch" not in sys.modules, "importing the pack imported torch"
-assert "diffusers" not in sys.modules
-pipeline = importlib.import_module("my-latentsync-pack.latentsync.pipeline")
+assert module.NODE_CLASS_MAPPINGS == {{}} and not hasattr(module, "comfy_entrypoint")
+assert "torch" not in sys.modules and "diffusers" not in sys.modules
+assert not any(name.startswith("my-latentsync-pack.latentsync") for name in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ERROR LatentSync MEMSAFE needs ComfyUI 0.3.64 or newer (its comfy_api.latest node schema); update ComfyUI "
+        "to load the LatentSync nodes"]
+
+
+def test_loading_the_nodes_loads_no_library_and_imports_it_relatively(tmp_path):
+    """Inside ComfyUI (the stand-in here), registering the nodes imports none of the library's heavy modules, and
+    the nodes import the library inside the pack, never a top-level ``latentsync`` (two LatentSync packs can
+    coexist; the folder name may have dashes)."""
+    code = f"""
+import asyncio, importlib, importlib.util, sys
+sys.path.insert(0, {str(STANDIN)!r})
+root = {str(REPO)!r}
+spec = importlib.util.spec_from_file_location("my-latentsync-pack", root + "/__init__.py",
+                                              submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+import server
+server.PromptServer()
+spec.loader.exec_module(module)
+extension = asyncio.run(module.comfy_entrypoint())
+assert len(asyncio.run(extension.get_node_list())) == 2
+heavy = [name for name in ("diffusers", "whisper", "cv2", "kornia", "my-latentsync-pack.latentsync.pipeline")
+         if name in sys.modules]
+assert not heavy, heavy
+importlib.import_module("my-latentsync-pack.latentsync.pipeline")
 assert "latentsync" not in sys.modules, "a top-level latentsync was imported"
-assert not any(name.startswith("latentsync.") for name in sys.modules), sorted(
-    n for n in sys.modules if n.startswith("latentsync"))
+assert not any(name.startswith("latentsync.") for name in sys.modules)
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -176,13 +246,13 @@ print("ok")
 
 
 def test_output_wiring_is_read_from_the_prompt(package):
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_graph")
+    prompt_module = importlib.import_module(f"{PACKAGE_NAME}.comfyui.prompt")
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1}},
               "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x"}},
               "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}}
-    assert bridge.output_is_wired(prompt, "5", 2) and bridge.output_is_wired(prompt, "5", 0)
-    assert not bridge.output_is_wired(prompt, "5", 1) and not bridge.output_is_wired(prompt, "6", 2)
-    assert not bridge.output_is_wired(None, "5", 2)
+    assert prompt_module.output_is_wired(prompt, "5", 2) and prompt_module.output_is_wired(prompt, "5", 0)
+    assert not prompt_module.output_is_wired(prompt, "5", 1) and not prompt_module.output_is_wired(prompt, "6", 2)
+    assert not prompt_module.output_is_wired(None, "5", 2)
 
 
 def cache_signature(prompt: dict, node_id: str) -> list:
@@ -191,31 +261,40 @@ def cache_signature(prompt: dict, node_id: str) -> list:
     return [node["class_type"], *((key, json.dumps(node["inputs"][key])) for key in sorted(node["inputs"]))]
 
 
-def test_cache_key_ignores_the_preview_and_follows_the_wiring(nodes, comfyui):
-    """After a run the frontend sends the node's own video preview back as an input value: an unchanged graph must
-    still come from ComfyUI's cache. Wiring ``frames`` must not: that result had no frames."""
+def test_cache_key_holds_only_what_changes_the_result(package, comfyui):
+    """After a run the frontend sends the node's own video preview back as an input value, and fps is unused while
+    a VIDEO is connected: neither may rerun an unchanged graph. Wiring ``frames`` must: that result had no frames.
+    Other nodes' entries are left as they are."""
     import copy
 
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_graph")
-    for _ in range(2):  # what nodes.py does on import, and a second import of the pack
-        bridge.register_prompt_handler(nodes.NODE_CLASS_MAPPINGS)
+    asyncio.run(package.comfy_entrypoint())  # a second registration, as a reloaded pack would make
     server = comfyui["server"]
 
     def submitted(prompt: dict) -> dict:
         return server.trigger_on_prompt({"prompt": copy.deepcopy(prompt)})["prompt"]
 
-    node = {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1, "inference_steps": 20, "model": ["1", 0]}}
-    graph = {"5": node, "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x"}}}
+    node = {"class_type": "LatentSyncLipSync", "inputs": {"seed": 1, "inference_steps": 20, "model": ["1", 0],
+                                                          "video": ["2", 0], "fps": 25.0}}
+    save = {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "x", "video-preview": 1}}
+    graph = {"5": node, "6": save}
     first = submitted(graph)
     previewed = copy.deepcopy(graph)
     previewed["5"]["inputs"]["video-preview"] = {"params": {"filename": "LatentSync_00001_.mp4", "type": "temp"}}
+    previewed["5"]["inputs"]["fps"] = 30.0
     assert cache_signature(submitted(previewed), "5") == cache_signature(first, "5")
     wired = copy.deepcopy(graph)
     wired["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}
     assert cache_signature(submitted(wired), "5") != cache_signature(first, "5")
     assert submitted(wired)["5"]["inputs"]["seed"] == 1 and "video-preview" not in submitted(previewed)["5"]["inputs"]
+    assert submitted(graph)["6"] == save  # another node's entry: untouched
+    from_images = copy.deepcopy(graph)
+    del from_images["5"]["inputs"]["video"]
+    from_images["5"]["inputs"]["images"] = ["3", 0]
+    changed = copy.deepcopy(from_images)
+    changed["5"]["inputs"]["fps"] = 30.0
+    assert cache_signature(submitted(changed), "5") != cache_signature(submitted(from_images), "5")
     handlers = [h for h in server.on_prompt_handlers if getattr(h, "latentsync", False)]
-    assert len(handlers) == 1  # registered once, however often the pack is imported
+    assert len(handlers) == 1  # registered once, however often the pack is registered
 
 
 # -- end to end with the tiny checkpoints ------------------------------------------------------------------------
@@ -287,16 +366,18 @@ def node_env(comfyui, tiny_checkpoints, monkeypatch, tmp_path):
 
 
 def load_model(package):
-    return package.NODE_CLASS_MAPPINGS["LatentSyncModelLoader"]().load("1.6 (512 px)", "fp32", "default")[0]
+    return execute(package.nodes["LatentSyncModelLoader"], version="1.6 (512 px)", precision="fp32",
+                   device="default")[0]
 
 
-def run_node(package, model, audio, node_id="5", prompt=None, **overrides):
-    node = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"]()
+def run_node(package, model, audio, node_id="5", prompt=None, **overrides) -> dict:
+    """The lip-sync node run as ComfyUI runs it: {"result": its four outputs, "ui": its preview as sent}."""
     args = dict(model=model, audio=audio, seed=1247, lips_expression=1.5, inference_steps=STEPS,
                 attention_mode="standard", optimization_level="balanced", vram_fraction=0.0, memory_mode="balanced",
-                output_mode="auto", enable_disk_cache=False, face_detector="dlib", unique_id=node_id, prompt=prompt)
+                output_mode="auto", enable_disk_cache=False, face_detector="dlib")
     args.update(overrides)
-    return node.lipsync(**args)
+    out = execute(package.nodes["LatentSyncLipSync"], node_id, prompt, **args)
+    return {"result": out.args, "ui": out.ui.as_dict() if out.ui is not None else {}}
 
 
 def probe(path: Path) -> tuple[int, int, int, float | None]:
@@ -330,7 +411,9 @@ def test_loader_finds_checkpoints_through_comfyui_model_folders(package, node_en
 def test_video_route_streams_the_file_and_returns_a_video(package, node_env, short_clip, monkeypatch):
     """LoadVideo -> loader -> node: the VIDEO is streamed from its file (never decoded whole), the result is a
     VIDEO of a file in ComfyUI's temp folder, with the audio's length and sound; no frames unless wired."""
-    from comfy_api.input_impl import VideoFromFile
+    from comfy_api.latest import InputImpl
+
+    VideoFromFile = InputImpl.VideoFromFile
 
     images, clip_path, audio, fps = short_clip
 
@@ -374,6 +457,21 @@ def test_progress_moves_every_denoising_step_with_the_stage_named(package, node_
     assert texts[-1] == f"done: {frames} frames"  # what the node keeps showing
 
 
+def test_stage_text_says_the_time_left_from_the_stage_s_first_step(package, comfyui, monkeypatch):
+    progress = importlib.import_module(f"{PACKAGE_NAME}.comfyui.progress")
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress.NodeProgress("7")
+    bar("lip-sync", 0, 80)
+    clock[0] += 30.0
+    bar("lip-sync", 8, 80)  # 30 s for 8 of 80: 72 left at the same pace
+    clock[0] += 1.0
+    bar("write", 0, 10)
+    texts = [text for node_id, text in comfyui["server"].texts if node_id == "7"]
+    assert texts == ["lip-sync: 0/80", "lip-sync: 8/80, 4 min left", "write: 0/10"]
+    assert [progress.duration(s) for s in (40, 150, 3900)] == ["40 s", "2 min", "1 h 5 min"]
+
+
 def test_warnings_stay_on_the_node(package, node_env, short_clip, caplog):
     """A speech shorter than the model's 16 frames and an attention kernel that is not installed: the run goes on,
     and the node's last text says both (wrapped to the node's width)."""
@@ -397,7 +495,9 @@ def test_warnings_stay_on_the_node(package, node_env, short_clip, caplog):
 def test_errors_name_the_file_as_the_user_chose_it(package, node_env, short_clip):
     """A corrupt file in ComfyUI's input folder: the sentence names it as Load Video lists it, without the
     server's path or FFmpeg's error number."""
-    from comfy_api.input_impl import VideoFromFile
+    from comfy_api.latest import InputImpl
+
+    VideoFromFile = InputImpl.VideoFromFile
 
     _, _, audio, _ = short_clip
     folder = Path(node_env["folder_paths"].get_input_directory()) / "clips"
@@ -415,8 +515,8 @@ def test_an_earlier_result_of_the_node_is_removed_once_replaced(package, comfyui
     LRU cache may serve an older one again)."""
     import types
 
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
-    results = bridge.NodeResults()
+    media = importlib.import_module(f"{PACKAGE_NAME}.comfyui.media")
+    results = media.NodeResults()
     paths = [tmp_path / f"{i}.mp4" for i in range(4)]
     for path in paths:
         path.write_bytes(b"video")
@@ -424,7 +524,7 @@ def test_an_earlier_result_of_the_node_is_removed_once_replaced(package, comfyui
     results.keep("6", paths[1])  # another node's result stays
     results.keep("5", paths[2])
     assert [path.exists() for path in paths[:3]] == [False, True, True]
-    monkeypatch.setitem(sys.modules, "comfy.cli_args", types.SimpleNamespace(args=types.SimpleNamespace(cache_lru=10)))
+    monkeypatch.setattr(media, "args", types.SimpleNamespace(cache_lru=10))  # ComfyUI started with --cache-lru 10
     results.keep("5", paths[3])
     assert paths[2].exists() and paths[3].exists()
 
@@ -442,7 +542,9 @@ def test_images_route_frames_mode_writes_no_file(package, node_env, short_clip):
 
 
 def test_auto_mode_returns_frames_when_wired_equal_to_the_video(package, node_env, short_clip):
-    from comfy_api.input_impl import VideoFromFile
+    from comfy_api.latest import InputImpl
+
+    VideoFromFile = InputImpl.VideoFromFile
 
     _, clip_path, audio, _ = short_clip
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
@@ -499,7 +601,9 @@ def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_any_work(
 
 
 def test_exactly_one_of_video_and_images(package, node_env, short_clip):
-    from comfy_api.input_impl import VideoFromFile
+    from comfy_api.latest import InputImpl
+
+    VideoFromFile = InputImpl.VideoFromFile
 
     images, clip_path, audio, fps = short_clip
     model = load_model(package)
@@ -507,13 +611,13 @@ def test_exactly_one_of_video_and_images(package, node_env, short_clip):
         with pytest.raises(ValueError, match="exactly one of `video`") as error:
             run_node(package, model, audio, fps=fps, **extra)
         assert "\n" not in str(error.value)
-    # and when the graph is queued (ComfyUI passes the linked inputs' types), before anything runs
-    node = package.NODE_CLASS_MAPPINGS["LatentSyncLipSync"]
-    links = {"model": "LATENTSYNC_MODEL", "audio": "AUDIO"}
-    for frames_in in ({}, {"video": "VIDEO", "images": "IMAGE"}):
-        assert "exactly one of `video`" in node.VALIDATE_INPUTS({**links, **frames_in})
-    assert node.VALIDATE_INPUTS({**links, "video": "VIDEO"}) is True
-    assert node.VALIDATE_INPUTS({**links, "images": "IMAGE"}) is True
+    # and when the graph is queued, before anything runs: ComfyUI passes each connected input the function names
+    # as None (its value does not exist yet) and leaves the others out
+    node = package.nodes["LatentSyncLipSync"]
+    for connected in ({}, {"video": None, "images": None}):
+        assert "exactly one of `video`" in node.validate_inputs(model=None, **connected)
+    assert node.validate_inputs(model=None, video=None) is True
+    assert node.validate_inputs(model=None, images=None) is True
 
 
 def test_interrupt_stops_within_a_step_and_leaves_nothing(package, node_env, short_clip, media_dir, monkeypatch):
@@ -536,6 +640,8 @@ def test_interrupt_stops_within_a_step_and_leaves_nothing(package, node_env, sho
         run_node(package, model, speech(media_dir, 2 * CLIP_SECONDS), images=images, fps=fps,
                  output_mode="video_file")
     assert not mm.processing_interrupted()  # the flag was consumed, as ComfyUI's own nodes do
+    last = node_env["server"].texts[-1][1]  # not a stale stage: what happened, and where
+    assert re.fullmatch(r"cancelled at [a-z -]+ \d+/\d+", last), last
     assert [p for p in node_env["base"].rglob("*") if p.is_file()] == []
     assert list(node_env["scratch"].iterdir()) == []
 
@@ -589,7 +695,9 @@ def test_missing_checkpoint_is_one_sentence_with_the_download_command(package, c
     with pytest.raises(FileNotFoundError) as error:
         load_model(package)
     message = str(error.value)
-    assert "python -m latentsync.checkpoints download" in message and "\n" not in message
+    # a command that runs from ComfyUI's folder with ComfyUI's Python (tests/test_checkpoints.py runs one)
+    assert message.endswith(f'download it with: cd "{REPO}" && "{sys.executable}" -m latentsync.checkpoints download '
+                            f'--version 1.6 --dir "{tmp_path / "nowhere"}"') and "\n" not in message
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -608,18 +716,14 @@ def test_deepcache_is_an_opt_in_that_changes_only_a_little(package, node_env, sh
     assert difference.mean() < 0.01  # an approximation of the same result, not something else
 
 
-def test_results_go_to_numbered_files_inside_their_folder(package, comfyui, monkeypatch, tmp_path):
-    bridge = importlib.import_module(f"{PACKAGE_NAME}.comfyui_bridge")
+def test_results_go_to_numbered_files_inside_their_folder(package, comfyui):
+    media = importlib.import_module(f"{PACKAGE_NAME}.comfyui.media")
     temp = Path(comfyui["folder_paths"].get_temp_directory()).resolve()
-    first, name, subfolder = bridge.new_video_path()
+    first, name, subfolder = media.new_video_path()
     assert (first.parent, name, subfolder) == (temp / "latentsync", "LatentSync_00001_.mp4", "latentsync")
     first.write_bytes(b"x")
-    second, name, _ = bridge.new_video_path()
+    second, name, _ = media.new_video_path()
     assert name == "LatentSync_00002_.mp4" and second.parent == first.parent
-    _drop_comfy_modules()  # outside ComfyUI: $LATENTSYNC_OUTPUT_DIR
-    monkeypatch.setenv("LATENTSYNC_OUTPUT_DIR", str(tmp_path / "out"))
-    path, name, _ = bridge.new_video_path()
-    assert path.parent == (tmp_path / "out" / "latentsync").resolve() and name == "LatentSync_00001_.mp4"
 
 
 def test_face_choice_reaches_the_pipeline(package, node_env, short_clip):

@@ -1,11 +1,11 @@
-"""Stand-in for comfy_api.input_impl (see README.md): VIDEO from a file or from components."""
+"""Stand-in for comfy_api.latest.InputImpl (see README.md): VIDEO from a file or from components."""
 
 from __future__ import annotations
 
 import io
 from fractions import Fraction
 
-from comfy_api.util import VideoComponents
+from comfy_api.latest._util import VideoComponents
 
 
 class VideoInput:

@@ -1,4 +1,4 @@
-"""Stand-in for comfy_api.util.VideoComponents (see README.md)."""
+"""Stand-in for comfy_api.latest.Types.VideoComponents (see README.md)."""
 
 from __future__ import annotations
 

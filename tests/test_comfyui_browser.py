@@ -1,0 +1,138 @@
+"""The nodes as a ComfyUI user meets them: a real ComfyUI server driven from a real browser (Chromium + Playwright).
+
+Skipped unless COMFYUI_DIR points to a ComfyUI checkout with its frontend package installed (COMFYUI_PYTHON, as in
+tests/test_comfyui_integration.py) and Chromium and Playwright are here (Debian's chromium, playwright from PyPI):
+ComfyUI is not on the package index, so CI has neither. Screenshots go to $LATENTSYNC_SCREENSHOTS (or the test's
+temporary folder) and are meant to be looked at.
+
+Covered: the shipped template opens with the few per-run widgets in view and the rest folded as advanced inputs;
+the node is found by typing "lip sync" in the node search; Run from the toolbar makes a saved video; an unchanged
+rerun comes from the cache; Cancel leaves the node saying it was cancelled, not a stale stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from comfyui_server import REPO, comfyui_server, get, post, write_clip, write_speech
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TEMPLATE = REPO / "example_workflows" / "Lip sync a talking-head video to speech (LatentSync).json"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file() or CHROMIUM is None,
+    reason="set COMFYUI_DIR to a ComfyUI checkout (COMFYUI_PYTHON to its Python) and install chromium and playwright "
+           "to drive the nodes from a browser")
+
+
+def _lipsync_widgets(page) -> dict:
+    """The lip-sync node's widgets as the frontend holds them: name -> whether it is drawn on the node."""
+    return page.evaluate("""() => {
+        const node = window.app.graph._nodes.find(n => n.type === "LatentSyncLipSync");
+        const shown = w => !(w.hidden || w.advanced && !node.showAdvanced || (w.options || {}).hidden);
+        return Object.fromEntries(node.widgets.map(w => [w.name, shown(w)]));
+    }""")
+
+
+def _wait_history(url: str, count: int, seconds: float = 600) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        history = get(f"{url}/history")
+        done = [e for e in history.values() if e.get("status", {}).get("completed")
+                or e.get("status", {}).get("status_str") in ("error", "success")]
+        if len(done) >= count and all(e["status"].get("completed") or e["status"]["status_str"] == "error"
+                                      for e in done):
+            return history
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} finished prompts in {seconds} s")
+
+
+def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
+    from playwright.sync_api import sync_playwright
+
+    from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+
+    shots = Path(os.environ.get("LATENTSYNC_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    base = tmp_path / "comfy-base"
+    (base / "input").mkdir(parents=True)
+    tiny = tmp_path / "tiny-checkpoints"
+    config = make_tiny_checkpoints(tiny)
+    video = write_clip(media_dir, base / "input", "talk.mp4", 0.64, scale=2).name
+    speech = write_speech(media_dir, base / "input", "speech.wav", 0.64).name
+    long_speech = write_speech(media_dir, base / "input", "speech_long.wav", 12.0).name
+    env = {"LATENTSYNC_CHECKPOINTS": str(tiny), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
+    workflow = json.loads(TEMPLATE.read_text())
+    by_type = {node["type"]: node for node in workflow["nodes"]}
+    by_type["LoadVideo"]["widgets_values"] = [video, "image"]
+    by_type["LoadAudio"]["widgets_values"] = [speech, None, None]
+    lipsync = by_type["LatentSyncLipSync"]["widgets_values"]
+    lipsync[3] = 2  # inference_steps: two steps keep the CPU run short
+    lipsync[12] = "dlib"  # face_detector: the tiny set has no InsightFace models
+    with comfyui_server(COMFYUI_DIR, base, env, os.environ.get("COMFYUI_PYTHON")) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.add_init_script("""window.__latentsync_texts = [];""")
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.app.graph._nodes", timeout=120_000)
+        page.evaluate("""() => window.app.api.addEventListener("progress_text",
+            e => window.__latentsync_texts.push(e.detail.text))""")
+
+        # search: double-click the canvas, type what a user types
+        page.mouse.dblclick(800, 500)
+        page.keyboard.type("lip sync")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shots / "1-search.png"))
+        assert "Lip Sync, Talking Head Dubbing (LatentSync)" in page.content()
+        page.keyboard.press("Escape")
+
+        # the template (an old saved workflow) opens; the node shows the per-run widgets, the rest as advanced
+        page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shots / "2-template.png"))
+        widgets = _lipsync_widgets(page)
+        assert {"seed", "lips_expression", "inference_steps", "face"} <= {k for k, v in widgets.items() if v}
+        assert not widgets["vram_fraction"] and not widgets["audio_start"], widgets
+
+        # Run, from the toolbar, as a user does
+        page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
+        history = _wait_history(server.url, 1)
+        entry = next(iter(history.values()))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(shots / "3-done.png"))
+        assert any(text.startswith("done: 16 frames") for text in page.evaluate("window.__latentsync_texts"))
+
+        # the same graph again: served from the cache (the preview the frontend adds does not rerun it)
+        page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
+        history = _wait_history(server.url, 2)
+        second = [e for e in history.values() if e is not entry][-1]
+        cached = dict(second["status"]["messages"]).get("execution_cached", {}).get("nodes", [])
+        assert str(by_type["LatentSyncLipSync"]["id"]) in cached, second["status"]
+
+        # a long speech, then Cancel: the node says it was cancelled, where
+        page.evaluate("""name => {
+            const node = window.app.graph._nodes.find(n => n.type === "LoadAudio");
+            node.widgets.find(w => w.name === "audio").value = name;
+        }""", long_speech)
+        page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
+        page.wait_for_function("() => window.__latentsync_texts.some(t => t.startsWith('lip-sync'))",
+                               timeout=300_000)
+        assert post(f"{server.url}/interrupt", {})[0] == 200
+        page.wait_for_function("() => window.__latentsync_texts.some(t => t.startsWith('cancelled at'))",
+                               timeout=120_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots / "4-cancelled.png"))
+        texts = page.evaluate("window.__latentsync_texts")
+        assert re.match(r"cancelled at lip-sync \d+/\d+$", texts[-1]), texts[-5:]
+        browser.close()
