@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .lazy import lazy_exports
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"  # pyproject.toml's [project] version
 
 _EXPORTS = {
     "LipSyncModels": "model_set", "ModelChoice": "model_set",

@@ -21,7 +21,7 @@ def test_wheel_has_the_library_its_data_and_the_command(tmp_path):
     for needed in ("latentsync/pipeline.py", "latentsync/assets/mask.png", "latentsync/configs/scheduler_config.json",
                    "latentsync/configs/unet/stage2.yaml", "latentsync/configs/unet/stage2_512.yaml"):
         assert needed in names, needed
-    assert not any(name.startswith(("tests/", "bench/", "nodes.py")) for name in names)
+    assert not any(name.startswith(("tests/", "bench/", "comfyui/")) for name in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "latentsync = latentsync.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
@@ -38,3 +38,20 @@ def test_wheel_has_the_library_its_data_and_the_command(tmp_path):
     command = subprocess.run([str(target / "bin" / "latentsync"), "--help"], capture_output=True, text=True, env=env,
                              cwd=tmp_path)
     assert command.returncode == 0 and "--video" in command.stdout and "--face" in command.stdout
+
+
+def test_one_version_and_the_registry_metadata():
+    """The registry and ComfyUI-Manager read pyproject.toml; the library says the same version."""
+    import tomllib
+
+    from latentsync import __version__
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["version"] == __version__
+    assert project["project"]["urls"]["Repository"].startswith("https://github.com/")
+    comfy = project["tool"]["comfy"]
+    assert comfy["requires-comfyui"] == ">=0.3.64" and comfy["Icon"].endswith("/docs/icon.png")
+    assert (REPO / "docs" / "icon.png").is_file()
+    runtime = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert all(not line or ">=" in line for line in runtime), runtime  # lower bounds only, never a pinned torch
+    assert not any(line.startswith("torch") for line in runtime)
