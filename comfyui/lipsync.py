@@ -46,6 +46,9 @@ def run(model, audio, video, images, fps: float, choices: dict, wanted: Wanted, 
             progress.stopped("cancelled")
             model_management.throw_exception_if_processing_interrupted()  # raises and clears the flag
             raise model_management.InterruptProcessingException() from error
+        except model_management.InterruptProcessingException:  # ComfyUI's progress hook raises it itself
+            progress.stopped("cancelled")
+            raise
         except Exception:
             progress.stopped("failed")
             raise

@@ -35,15 +35,6 @@ pytestmark = pytest.mark.skipif(
            "to drive the nodes from a browser")
 
 
-def _lipsync_widgets(page) -> dict:
-    """The lip-sync node's widgets as the frontend holds them: name -> whether it is drawn on the node."""
-    return page.evaluate("""() => {
-        const node = window.app.graph._nodes.find(n => n.type === "LatentSyncLipSync");
-        const shown = w => !(w.hidden || w.advanced && !node.showAdvanced || (w.options || {}).hidden);
-        return Object.fromEntries(node.widgets.map(w => [w.name, shown(w)]));
-    }""")
-
-
 def _wait_history(url: str, count: int, seconds: float = 600) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -83,26 +74,43 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.add_init_script("""window.__latentsync_texts = [];""")
+        post(f"{server.url}/settings/Comfy.TutorialCompleted", True)  # no template browser on the first start
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.app.graph._nodes", timeout=120_000)
         page.evaluate("""() => window.app.api.addEventListener("progress_text",
             e => window.__latentsync_texts.push(e.detail.text))""")
+        page.wait_for_timeout(1500)
 
-        # search: double-click the canvas, type what a user types
-        page.mouse.dblclick(800, 500)
-        page.keyboard.type("lip sync")
+        # search: the node library's search box, with what a user types
+        page.get_by_role("button", name=re.compile(r"^Nodes?( Library)?", re.I)).first.click()
+        page.get_by_placeholder(re.compile("Search", re.I)).first.fill("lip sync")
         page.wait_for_timeout(1500)
         page.screenshot(path=str(shots / "1-search.png"))
-        assert "Lip Sync, Talking Head Dubbing (LatentSync)" in page.content()
+        assert page.get_by_text("Lip Sync, Talking Head Dubbing (LatentSync)").first.is_visible()
         page.keyboard.press("Escape")
 
-        # the template (an old saved workflow) opens; the node shows the per-run widgets, the rest as advanced
+        # the template (an old saved workflow) opens with its values; in the classic canvas every widget is drawn,
+        # in Nodes 2.0 the advanced ones are folded behind the node's "show advanced inputs"
         page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(shots / "2-template.png"))
-        widgets = _lipsync_widgets(page)
-        assert {"seed", "lips_expression", "inference_steps", "face"} <= {k for k, v in widgets.items() if v}
-        assert not widgets["vram_fraction"] and not widgets["audio_start"], widgets
+        page.screenshot(path=str(shots / "2-template-classic.png"))
+        widgets = page.evaluate("""() => {
+            const node = window.app.graph._nodes.find(n => n.type === "LatentSyncLipSync");
+            return Object.fromEntries(node.widgets.map(w => [w.name, [w.value, !!(w.options || {}).advanced]]));
+        }""")
+        assert widgets["inference_steps"][0] == 2 and widgets["face_detector"][0] == "dlib"
+        assert {name for name, (_, advanced) in widgets.items() if not advanced} >= {
+            "seed", "lips_expression", "inference_steps", "face"}
+        assert widgets["vram_fraction"][1] and widgets["audio_start"][1] and not widgets["seed"][1]
+        nodes_2 = page.evaluate("""() => {  // a frontend with Nodes 2.0 (ComfyUI 0.10 and newer) knows this setting
+            try { return window.app.extensionManager.setting.get("Comfy.VueNodes.Enabled") !== undefined; }
+            catch (error) { return false; } }""")
+        if nodes_2:
+            page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(shots / "3-template-nodes-2.png"))
+            assert page.get_by_text("lips_expression", exact=True).count() >= 1
+            assert page.get_by_text("vram_fraction", exact=True).count() == 0
 
         # Run, from the toolbar, as a user does
         page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
@@ -110,7 +118,7 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         entry = next(iter(history.values()))
         assert entry["status"]["status_str"] == "success", entry["status"]
         page.wait_for_timeout(2000)
-        page.screenshot(path=str(shots / "3-done.png"))
+        page.screenshot(path=str(shots / "4-done.png"))
         assert any(text.startswith("done: 16 frames") for text in page.evaluate("window.__latentsync_texts"))
 
         # the same graph again: served from the cache (the preview the frontend adds does not rerun it)
@@ -125,6 +133,7 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
             const node = window.app.graph._nodes.find(n => n.type === "LoadAudio");
             node.widgets.find(w => w.name === "audio").value = name;
         }""", long_speech)
+        page.evaluate("() => { window.__latentsync_texts = []; }")
         page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
         page.wait_for_function("() => window.__latentsync_texts.some(t => t.startsWith('lip-sync'))",
                                timeout=300_000)
@@ -132,7 +141,7 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         page.wait_for_function("() => window.__latentsync_texts.some(t => t.startsWith('cancelled at'))",
                                timeout=120_000)
         page.wait_for_timeout(1000)
-        page.screenshot(path=str(shots / "4-cancelled.png"))
+        page.screenshot(path=str(shots / "5-cancelled.png"))
         texts = page.evaluate("window.__latentsync_texts")
         assert re.match(r"cancelled at lip-sync \d+/\d+$", texts[-1]), texts[-5:]
         browser.close()
