@@ -105,7 +105,8 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         nodes_2 = page.evaluate("""() => {  // a frontend with Nodes 2.0 (ComfyUI 0.10 and newer) knows this setting
             try { return window.app.extensionManager.setting.get("Comfy.VueNodes.Enabled") !== undefined; }
             catch (error) { return false; } }""")
-        if nodes_2:
+        version = get(f"{server.url}/system_stats")["system"]["comfyui_version"]
+        if nodes_2 and tuple(int(part) for part in version.split(".")[:2]) >= (0, 10):  # advanced inputs: 0.10 on
             page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
             page.wait_for_timeout(2500)
             page.screenshot(path=str(shots / "3-template-nodes-2.png"))
