@@ -6,6 +6,7 @@ import dataclasses
 from typing import NamedTuple
 
 import comfy.model_management as model_management
+from comfy_execution.graph_utils import ExecutionBlocker  # an output not asked for: its consumer stops with the text
 
 from ..latentsync.options import PipelineOptions
 from . import media
@@ -55,11 +56,11 @@ def run(model, audio, video, images, fps: float, choices: dict, wanted: Wanted, 
     progress.finish(_outcome(result), result.warnings)
     media.RESULTS.keep(node_id, path)  # and the node's earlier result, no longer served, is removed
     sound = media.placed_audio(audio, result.audio_delay, float(result.num_frames / result.fps))
-    frames_out = frames.result() if frames is not None else media.blocked(
+    frames_out = frames.result() if frames is not None else ExecutionBlocker(
         "LatentSync Lip Sync returns frames only when asked for: set its output_mode to frames or auto")
-    mask_out = masks.result() if masks is not None else media.blocked(
+    mask_out = masks.result() if masks is not None else ExecutionBlocker(
         "LatentSync Lip Sync makes mouth_mask only when that output is connected")
-    video_out = media.video_output(path, frames_out if frames is not None else None, sound, result.fps)
+    video_out = media.video_output(path, frames_out, sound, result.fps)  # frames_out is used only without a file
     return Outputs(video_out, sound, frames_out, mask_out, media.video_preview(filename, subfolder))
 
 

@@ -12,7 +12,6 @@ import folder_paths
 import torch
 from comfy.cli_args import args
 from comfy_api.latest import InputImpl, Types, io, ui
-from comfy_execution.graph_utils import ExecutionBlocker
 
 OUTPUT_SUBFOLDER = "latentsync"
 FILENAME_PREFIX = "LatentSync"
@@ -77,12 +76,6 @@ def named_as_chosen(path):
         raise renamed from None
 
 
-def _streams_from_file(video) -> bool:
-    """True when the VIDEO keeps a file (LoadVideo's VideoFromFile); a VIDEO made from frames already in RAM would
-    encode itself into a buffer first, so its frames are taken as they are."""
-    return isinstance(video, InputImpl.VideoFromFile)
-
-
 @contextlib.contextmanager
 def video_frames(video, images, fps: float):
     """(frames for the pipeline, frame rate or None) from exactly one of VIDEO and IMAGE.
@@ -96,7 +89,7 @@ def video_frames(video, images, fps: float):
             raise ValueError(f"`images` must be an IMAGE batch (frames, height, width, 3), got {tuple(images.shape)}")
         yield images, float(fps)
         return
-    if not _streams_from_file(video):
+    if not isinstance(video, InputImpl.VideoFromFile):  # made from frames in RAM: saving it would encode them
         components = video.get_components()
         yield components.images, float(Fraction(components.frame_rate))
         return
@@ -129,11 +122,6 @@ def video_preview(filename: str | None, subfolder: str | None):
     if filename is None:
         return None
     return ui.PreviewVideo([ui.SavedResult(filename, subfolder, io.FolderType.temp)])
-
-
-def blocked(message: str) -> ExecutionBlocker:
-    """What an output that was not asked for carries: a node that uses it stops with ``message``."""
-    return ExecutionBlocker(message)
 
 
 def audio_seconds(audio) -> float:

@@ -55,12 +55,14 @@ def cache_key_inputs(prompt: dict, node_class) -> dict:
     - ``fps`` is read only with ``images``: dropped while a VIDEO is connected.
     - Which outputs are wired decides what is computed (frames only when asked for), so a result made while
       ``frames`` was unwired must not serve a graph where it is: the wired outputs join the key."""
-    node_type = node_class.GET_SCHEMA().node_id
-    declared = {item.id for item in node_class.GET_SCHEMA().inputs}
+    schema = node_class.GET_SCHEMA()
+    ours = {node_id: node for node_id, node in prompt.items()
+            if (node or {}).get("class_type") == schema.node_id and isinstance(node.get("inputs"), dict)}
+    if not ours:
+        return prompt
+    declared = {item.id for item in schema.inputs}
     wired = wired_outputs(prompt)
-    for node_id, node in prompt.items():
-        if (node or {}).get("class_type") != node_type or not isinstance(node.get("inputs"), dict):
-            continue
+    for node_id, node in ours.items():
         inputs = {name: value for name, value in node["inputs"].items() if name in declared}
         if _is_link(inputs.get("video")):
             inputs.pop("fps", None)

@@ -11,13 +11,12 @@ from comfy_api.latest import io
 
 from ..latentsync.options import RUN, Option
 
-# set on every run: always in view
-EVERY_RUN = ("seed", "lips_expression", "inference_steps")
 REQUIRED = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level", "vram_fraction",
             "memory_mode", "output_mode", "enable_disk_cache")
 OPTIONAL = ("face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start", "when_video_is_longer",
             "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget")
-IN_VIEW = {*EVERY_RUN, "face"}  # the rest (speed, memory, dubbing) sits behind the node's advanced-inputs toggle
+# set on every run: always in view; the rest (speed, memory, dubbing) sits behind the node's advanced-inputs toggle
+IN_VIEW = {"seed", "lips_expression", "inference_steps", "face"}
 OUTPUT_MODES = ("auto", "video_file", "frames")
 OUTPUT_MODE_HELP = ("auto: write the video, and return frames only if the frames output is connected. video_file: "
                     "write the video only. frames: keep every frame in RAM as IMAGE and write no file (the video "
