@@ -90,8 +90,11 @@ def test_whisper_checkpoint_that_is_not_weights_only(tmp_path):
 
 def test_error_types_have_a_short_name_inside_comfyui():
     """ComfyUI registers a custom node pack under its disk path; the error type it shows is module + class."""
-    from test_node import library
+    import importlib
 
-    checkpoints = library("checkpoints")  # the pack as ComfyUI loads it (a dashed package name)
+    from test_node import load_as_comfyui
+
+    load_as_comfyui("latentsync-errors-check")  # the pack as ComfyUI loads it (a dashed package name), on its own
+    checkpoints = importlib.import_module("latentsync-errors-check.latentsync.checkpoints")
     error = checkpoints.MissingCheckpointError("x")
     assert f"{type(error).__module__}.{type(error).__qualname__}" == "latentsync.MissingCheckpointError"
