@@ -1,8 +1,15 @@
 """Shared test fixtures: where the read-only reference vectors and media live."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (the README's command runs two workers) each worker computes on one core: torch's default pool
+# per worker would put two threads on each of the machine's cores. Set before torch is imported; subprocesses of the
+# tests (the command line, Ray workers) inherit it, so outputs compared across processes are computed alike.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -26,8 +33,10 @@ def media_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vram_models(tmp_path_factory):
-    """The VRAM model of each version at full size, its counts shared by the session (counted once, in seconds)."""
+    """The VRAM model of each version at full size, its counts shared by the session and its workers (counted once,
+    in seconds)."""
     from latentsync.vram import ModelShapes, VramModel
 
-    cache = tmp_path_factory.mktemp("vram") / "counts.json"
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "vram-counts.json"  # all workers
     return {version: VramModel(ModelShapes.of_version(version), cache) for version in ("1.6", "1.5")}
