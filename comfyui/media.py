@@ -114,7 +114,14 @@ def video_output(path: Path | None, frames, audio, fps: Fraction):
     """The VIDEO output: the written file, or the frames with the audio when no file was written."""
     if path is not None:
         return InputImpl.VideoFromFile(str(path))
-    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=audio, frame_rate=fps))
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=as_stereo(audio), frame_rate=fps))
+
+
+def as_stereo(audio):
+    """Mono AUDIO as two equal channels (others as they are): ComfyUI's encoder (0.3.x) writes mono sound as stereo
+    3 dB down, while the node's own files keep the speech's level; two channels keep it in every version."""
+    waveform = audio["waveform"]
+    return {**audio, "waveform": waveform.expand(-1, 2, -1).contiguous()} if waveform.shape[1] == 1 else audio
 
 
 def video_preview(filename: str | None, subfolder: str | None):

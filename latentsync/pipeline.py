@@ -66,6 +66,12 @@ class LipSyncPipeline:
         used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,
                            should_cancel=should_cancel, mask_sink=mask_sink)
+        if segment is None:  # (a segment's run is one part of a run that checks it once)
+            from .audio.speech import little_speech_warning
+
+            warning = little_speech_warning(plan.samples)
+            if warning:
+                run.warn(warning)
         if wanted not in ("auto", used):
             run.warn(f"{wanted} unavailable: attention_mode {wanted} does not run here, {used} runs instead (the "
                      "same result within float tolerance); verify_installation.py says why")

@@ -5,9 +5,9 @@ tests/test_comfyui_integration.py) and Chromium and Playwright are here (Debian'
 ComfyUI is not on the package index, so CI has neither. Screenshots go to $LATENTSYNC_SCREENSHOTS (or the test's
 temporary folder) and are meant to be looked at.
 
-Covered: the shipped template opens with the few per-run widgets in view and the rest folded as advanced inputs;
+Covered: the shipped template opens naming its input files (not the first file listed) with the few per-run widgets in view and the rest folded as advanced inputs;
 the node is found by typing "lip sync" in the node search; Run from the toolbar makes a saved video; an unchanged
-rerun comes from the cache; Cancel leaves the node saying it was cancelled, not a stale stage.
+rerun comes from the cache; Cancel leaves the node saying it was cancelled, not a stale stage; an error's dialog.
 """
 
 from __future__ import annotations
@@ -59,14 +59,15 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
     (base / "input").mkdir(parents=True)
     tiny = tmp_path / "tiny-checkpoints"
     config = make_tiny_checkpoints(tiny)
-    video = write_clip(media_dir, base / "input", "talk.mp4", 0.64, scale=2).name
-    speech = write_speech(media_dir, base / "input", "speech.wav", 0.64).name
+    # the files the template names, and a video whose name sorts first (Load Audio lists videos too)
+    write_clip(media_dir, base / "input", "a_first_clip.mp4", 0.64, scale=2)
+    write_clip(media_dir, base / "input", "talking_head.mp4", 0.64, scale=2)
+    write_speech(media_dir, base / "input", "speech.wav", 0.64)
     long_speech = write_speech(media_dir, base / "input", "speech_long.wav", 12.0).name
+    blip = write_speech(media_dir, base / "input", "speech_blip.wav", 0.02).name
     env = {"LATENTSYNC_CHECKPOINTS": str(tiny), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
     workflow = json.loads(TEMPLATE.read_text())
     by_type = {node["type"]: node for node in workflow["nodes"]}
-    by_type["LoadVideo"]["widgets_values"] = [video, "image"]
-    by_type["LoadAudio"]["widgets_values"] = [speech, None, None]
     lipsync = by_type["LatentSyncLipSync"]["widgets_values"]
     lipsync[3] = 2  # inference_steps: two steps keep the CPU run short
     lipsync[12] = "dlib"  # face_detector: the tiny set has no InsightFace models
@@ -94,6 +95,9 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(shots / "2-template-classic.png"))
+        chosen = page.evaluate("""() => Object.fromEntries(["LoadVideo", "LoadAudio"].map(type =>
+            [type, window.app.graph._nodes.find(n => n.type === type).widgets[0].value]))""")
+        assert chosen == {"LoadVideo": "talking_head.mp4", "LoadAudio": "speech.wav"}  # not the first file listed
         widgets = page.evaluate("""() => {
             const node = window.app.graph._nodes.find(n => n.type === "LatentSyncLipSync");
             return Object.fromEntries(node.widgets.map(w => [w.name, [w.value, !!(w.options || {}).advanced]]));
@@ -145,4 +149,14 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
         page.screenshot(path=str(shots / "5-cancelled.png"))
         texts = page.evaluate("window.__latentsync_texts")
         assert re.match(r"cancelled at lip-sync \d+/\d+$", texts[-1]), texts[-5:]
+
+        # an error: the dialog a user reads (a speech shorter than one frame)
+        page.evaluate("""name => {
+            const node = window.app.graph._nodes.find(n => n.type === "LoadAudio");
+            node.widgets.find(w => w.name === "audio").value = name;
+        }""", blip)
+        page.get_by_role("button", name=re.compile(r"^(Run|Queue)", re.I)).first.click()
+        page.get_by_text(re.compile("shorter than one video frame")).first.wait_for(timeout=120_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots / "6-error.png"))
         browser.close()

@@ -47,6 +47,15 @@ def _decode(path: Path) -> tuple[np.ndarray, dict, float | None]:
         return frames, dict(container.metadata), seconds
 
 
+def _levels(path: Path) -> list[float]:
+    """The RMS level of each channel of a file's sound, in dB of full scale."""
+    import av
+
+    with av.open(str(path)) as container:
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=-1)  # (channels, samples)
+    return [float(20 * np.log10(np.sqrt(np.mean(channel.astype(np.float64) ** 2)) + 1e-12)) for channel in sound]
+
+
 def _saved(entry: dict, base: Path) -> Path:
     save_id = next(key for key, node in entry["prompt"][2].items() if node["class_type"] == "SaveVideo")
     files = entry["outputs"][save_id]["images"]
@@ -146,6 +155,18 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
         assert len(placed) == 5 + 16 and abs(placed_sound - 21 / 25) < 0.05
         assert np.abs(placed[:5].astype(int) - _decode(base / "input" / video)[0][:5].astype(int)).mean() < 2.0
         assert len(entry["outputs"]["98"]["images"]) == 21  # a mask for every output frame
+
+        # the IMAGE route (Get Video Components -> images and fps; frames out, so ComfyUI's own encoder writes the
+        # sound in SaveVideo): the speech as loud as the VIDEO route's (0.3.64's encoder took mono as stereo, 3 dB down)
+        imaged = json.loads(json.dumps(prompt))
+        load_id = next(key for key, node in prompt.items() if node["class_type"] == "LoadVideo")
+        imaged["96"] = {"class_type": "GetVideoComponents", "inputs": {"video": [load_id, 0]}}
+        del imaged[lipsync_id]["inputs"]["video"]
+        imaged[lipsync_id]["inputs"].update(images=["96", 0], fps=["96", 2], output_mode="frames")
+        entry = server.wait(server.queue(imaged, workflow))
+        assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
+        video_route, image_route = _levels(first), _levels(_saved(entry, base))
+        assert abs(max(image_route) - max(video_route)) < 0.5, (video_route, image_route)
 
         # three prompts queued at once, different seeds: three files, three different results
         ids = []

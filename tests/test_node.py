@@ -473,8 +473,8 @@ def test_stage_text_says_the_time_left_from_the_stage_s_first_step(package, comf
 
 
 def test_warnings_stay_on_the_node(package, node_env, short_clip, caplog):
-    """A speech shorter than the model's 16 frames and an attention kernel that is not installed: the run goes on,
-    and the node's last text says both (wrapped to the node's width)."""
+    """A speech shorter than the model's 16 frames (and, its first 50 ms, silent) and an attention kernel that is
+    not installed: the run goes on, and the node's last text says all three (cut to the node's width)."""
     pytest.importorskip("torch")
     import importlib.util as util
 
@@ -486,10 +486,12 @@ def test_warnings_stay_on_the_node(package, node_env, short_clip, caplog):
                    attention_mode="xformers")
     assert out["result"][2].shape[0] == 1
     last = [text for node_id, text in node_env["server"].texts if node_id == "11"][-1]
-    assert last == "done: 1 frame\nwarning: speech too short; xformers unavailable"  # the two lines it shows
+    assert last == "done: 1 frame\nwarning: speech too short; little or no speech;..."  # the two lines it shows
     logged = [r.getMessage() for r in caplog.records if r.name == "latentsync.comfyui" and r.levelname == "WARNING"]
-    assert [line.split(":")[1].strip() for line in logged] == ["speech too short", "xformers unavailable"]
-    assert "give at least 0.64 s of speech" in logged[0] and "runs instead" in logged[1]
+    assert [line.split(":")[1].strip() for line in logged] == ["speech too short", "little or no speech",
+                                                               "xformers unavailable"]
+    assert "give at least 0.64 s of speech" in logged[0] and "runs instead" in logged[2]
+    assert "hears speech in 0% of the audio" in logged[1]
 
 
 def test_errors_name_the_file_as_the_user_chose_it(package, node_env, short_clip):
@@ -530,13 +532,17 @@ def test_an_earlier_result_of_the_node_is_removed_once_replaced(package, comfyui
 
 
 def test_images_route_frames_mode_writes_no_file(package, node_env, short_clip):
+    import torch
+
     images, _, audio, fps = short_clip
     out = run_node(package, load_model(package), audio, images=images, fps=fps, output_mode="frames")
     video, _, frames, _ = out["result"]
     assert tuple(frames.shape) == tuple(images.shape) and str(frames.dtype) == "torch.float32"
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
     components = video.get_components()  # the VIDEO output is made from the frames, with the audio
-    assert components.images is frames and components.audio is audio and float(components.frame_rate) == fps
+    assert components.images is frames and float(components.frame_rate) == fps
+    assert audio["waveform"].shape[1] == 1 and components.audio["sample_rate"] == audio["sample_rate"]
+    assert torch.equal(components.audio["waveform"], audio["waveform"].repeat(1, 2, 1))  # mono speech: two channels
     assert out["ui"] == {}
     assert [p for p in node_env["base"].rglob("*.mp4")] == []
 
@@ -579,7 +585,7 @@ def test_dubbing_widgets_place_the_speech_and_the_mouth_mask_output(package, nod
     assert float(sound["waveform"][..., :lead].abs().max()) == 0.0
     assert np.array_equal(sound["waveform"][..., lead:lead + audio["waveform"].shape[-1]].numpy(),
                           audio["waveform"].numpy())
-    assert video.get_components().audio is sound
+    assert np.array_equal(video.get_components().audio["waveform"].numpy(), sound["waveform"].repeat(1, 2, 1).numpy())
 
 
 def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_any_work(package, node_env, short_clip,
@@ -737,3 +743,4 @@ def test_face_choice_reaches_the_pipeline(package, node_env, short_clip):
     width = images.shape[2]
     assert torch.equal(frames[:, :, width:], two[:, :, width:])  # the right face: untouched
     assert not torch.equal(frames[:, :, :width], two[:, :, :width])
+

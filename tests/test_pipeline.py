@@ -350,3 +350,25 @@ def test_a_full_output_folder_is_named_not_the_inputs(workspace, media_dir, smal
     assert done.stderr.strip().startswith(f"error: no space left on the disk of {small_disk}"), done.stderr
     assert "check that the inputs" not in done.stderr and "[Errno" not in done.stderr
     assert list(small_disk.iterdir()) == []
+
+
+def test_audio_without_speech_is_warned_about_and_speech_is_not(pipeline, workspace, media_dir, tmp_path):
+    silence = tmp_path / "silence.wav"
+    soundfile.write(silence, np.zeros(int(0.8 * 16000), dtype=np.int16), 16000, subtype="PCM_16")
+    quiet = pipeline.run(workspace["clip25"], silence, frame_sink=lambda batch: None)
+    assert [w for w in quiet.warnings if w.startswith("little or no speech: ")]
+    spoken = pipeline.run(workspace["clip25"], make_audio(media_dir, workspace["folder"], 0.8),
+                          frame_sink=lambda batch: None)
+    assert not [w for w in spoken.warnings if w.startswith("little or no speech")]
+
+
+def test_the_stage_says_no_face_is_found_until_one_is(pipeline, workspace, media_dir):
+    """Frames without a face pass through fast: the progress says so rather than a lip-sync count that moves."""
+    source = decode(workspace["clip25"])[:24]
+    source[:16] = 0  # the first group (16 frames on the CPU) has no face
+    stages = []
+    result = pipeline.run(source, make_audio(media_dir, workspace["folder"], 0.96), fps=25,
+                          frame_sink=lambda batch: None, progress=lambda stage, done, total: stages.append(stage))
+    synced = [stage for stage in stages if stage.startswith("lip-sync")]
+    assert synced[0] == "lip-sync, no face found so far" and synced[-1] == "lip-sync"
+    assert result.frames_without_face == 16

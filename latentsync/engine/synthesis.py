@@ -15,6 +15,9 @@ from ..models.streaming import streamed_weights
 from .control import Group, RunBatches, RunControl, retry_smaller
 from .plan import RunPlan
 
+SYNC_STAGE = "lip-sync"
+NO_FACE_YET = "lip-sync, no face found so far"  # frames without a face pass through quickly: say why
+
 
 class Synthesis:
     """One denoiser for the run: its random generator is seeded once and advanced in video order, so the output
@@ -48,12 +51,15 @@ class Synthesis:
         self.denoiser.skip(plan.first)  # a segment's noise: the draws a whole run makes before its first frame
         device = torch.device(self.models.device)
         sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else None
+        faces_found = False
         for group in groups:
             count = len(group.frames)
             window = frame_windows(self.features, float(plan.fps), start=group.start, stop=group.start + count)
             with times.measure("denoise", sync):
                 group.synced = self._synced(group, window)
-            self.control.report("lip-sync", group.start + count - plan.first, plan.stop - plan.first)
+            faces_found = faces_found or group.synced is not None
+            self.control.report(SYNC_STAGE if faces_found else NO_FACE_YET, group.start + count - plan.first,
+                                plan.stop - plan.first)
             yield group
 
     def _synced(self, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
@@ -70,7 +76,7 @@ class Synthesis:
 
         def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
             self.control.check()
-            self.control.report("lip-sync", done_before + count * step / steps, total)
+            self.control.report(SYNC_STAGE, done_before + count * step / steps, total)
 
         def attempt() -> torch.Tensor:
             state = denoiser.generator_state()
