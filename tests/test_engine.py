@@ -156,3 +156,34 @@ def test_video_io_does_not_import_the_frame_sources():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def _stuck_stage(release: threading.Event, finished: threading.Event):
+    """A stage whose second item takes one call that cannot be interrupted (as inductor's CPU compile)."""
+    yield 0
+    release.wait(30)
+    finished.set()
+    yield 1
+
+
+def test_ctrl_c_leaves_a_stage_stuck_in_one_call_and_any_other_stop_waits_for_it(monkeypatch):
+    import contextlib
+
+    from latentsync.engine import threads
+
+    monkeypatch.setattr(threads, "INTERRUPTED_JOIN_SECONDS", 0.2)
+    release, finished = threading.Event(), threading.Event()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C or SIGTERM in the command line: the process is going away
+        with contextlib.closing(threads.in_thread(_stuck_stage(release, finished), "stuck", threading.Event())) as items:
+            for _ in items:
+                raise KeyboardInterrupt
+    assert not finished.is_set()  # not waited for: it dies with the process (a daemon thread)
+    release.set()
+
+    release, finished = threading.Event(), threading.Event()
+    threading.Timer(0.5, release.set).start()
+    with pytest.raises(RuntimeError):  # a cancel in ComfyUI or an error: the call ends before the models move
+        with contextlib.closing(threads.in_thread(_stuck_stage(release, finished), "stuck", threading.Event())) as items:
+            for _ in items:
+                raise RuntimeError("cancelled")
+    assert finished.is_set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from typing import Iterator
@@ -18,6 +19,10 @@ from typing import Iterator
 import numpy as np
 
 POLL_SECONDS = 0.1
+# Ctrl-C or SIGTERM (the process is going away): a stage stuck in a call that cannot be interrupted (inductor compiles
+# for minutes on a CPU) is waited for this long, then left to die with the process (it is a daemon thread). Any other
+# stop (a cancel in ComfyUI, an error) waits for the stage: its GPU work must end before the models move.
+INTERRUPTED_JOIN_SECONDS = 5.0
 
 
 class Stopped(Exception):
@@ -78,7 +83,17 @@ def in_thread(items: Iterator, name: str, stopping: threading.Event, depth: int 
         if not handed_over:  # the consumer stopped early (closed, Ctrl-C): every stage winds down
             consumer_gone.set()
             stopping.set()
-        thread.join()
+        thread.join(INTERRUPTED_JOIN_SECONDS if _interrupted() else None)
+
+
+def _interrupted() -> bool:
+    """Whether a KeyboardInterrupt is unwinding through here (raised here, or what closed this generator)."""
+    error = sys.exc_info()[1]
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False
 
 
 class BufferPool:
