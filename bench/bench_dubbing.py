@@ -2,6 +2,11 @@
 audio features' jump at Whisper's 30 s window edge for both audio contexts.
 
     python bench/bench_dubbing.py [--seconds 4] [--steps 2] [--scale 2]
+    python bench/bench_dubbing.py --scene-seconds 60
+
+``--scene-seconds S`` instead: a take of S seconds (demo1 looped) dubbed with 3 lines, one after another, each 40 %
+silence (two pauses of a fifth of it) and 60 % speech from long_speech_39s.wav; ``sync_only_speech`` against
+syncing every frame of the lines, in the same process: wall seconds, frames through the model, the speed-up.
 
 Models: the tiny real-format set (``make_tiny_checkpoints``) loaded as version 1.6 (its face size), so the time is
 the engine's (decode, detect, align, restore, encode) more than the UNet's; demo1 at 1/``scale`` size, the dlib
@@ -44,16 +49,53 @@ MEDIA = SHARED / "media"
 
 
 def clip(folder: Path, seconds: float, scale: int) -> Path:
+    """demo1 at 1/``scale`` size, played again from its start until ``seconds`` are written."""
     out = folder / "clip.mp4"
     count = int(seconds * 25)
     with VideoWriter(out, 1080 // scale, 1920 // scale, 25) as writer:
-        for batch in iter_frame_batches(MEDIA / "demo1_video.mp4", 25):
-            if scale > 1:
-                batch = batch[:, ::scale, ::scale]
-            writer.write(batch[:count - writer.frames_written])
-            if writer.frames_written >= count:
-                break
+        while writer.frames_written < count:
+            for batch in iter_frame_batches(MEDIA / "demo1_video.mp4", 25):
+                if scale > 1:
+                    batch = batch[:, ::scale, ::scale]
+                writer.write(batch[:count - writer.frames_written])
+                if writer.frames_written >= count:
+                    break
     return out
+
+
+def scene_lines(folder: Path, seconds: float) -> list:
+    """3 lines filling ``seconds``, each: speech 30 %, silence 20 %, speech 30 %, silence 20 %."""
+    import soundfile
+
+    from latentsync.scene import Line
+
+    speech, rate = soundfile.read(MEDIA / "long_speech_39s.wav", dtype="float32")
+    length = seconds / 3
+    part, pause = int(0.3 * length * rate), np.zeros(int(0.2 * length * rate), np.float32)
+    lines = []
+    for k in range(3):
+        words = np.resize(speech[k * rate:], 2 * part)  # (looped where a line wants more than the track has)
+        path = folder / f"line{k}.wav"
+        soundfile.write(path, np.concatenate([words[:part], pause, words[part:], pause]), rate)
+        lines.append(Line(path, k * length))
+    return lines
+
+
+def scene_runs(models, folder: Path, seconds: float, steps: int, scale: int) -> dict:
+    video, lines = clip(folder, seconds, scale), scene_lines(folder, seconds)
+    rows = {}
+    for name, only_speech in (("every frame of the lines", False), ("sync_only_speech", True)):
+        options = PipelineOptions(steps=steps, detector="dlib", sync_only_speech=only_speech,
+                                  when_video_is_longer="keep")
+        pipeline = LipSyncPipeline(models, options)
+        synced = sum(stretch.frames for stretch in pipeline.scene(video, lines).stretches)
+        started = time.perf_counter()
+        result = pipeline.run(video, lines, folder / f"scene_{only_speech}.mp4")
+        wall = time.perf_counter() - started
+        rows[name] = {"frames": result.num_frames, "frames_synced": synced, "wall_seconds": round(wall, 1)}
+    rows["speed-up"] = round(rows["every frame of the lines"]["wall_seconds"] / rows["sync_only_speech"]["wall_seconds"],
+                             2)
+    return rows
 
 
 def timed(models, options: dict, video: Path, audio: Path, out: Path, steps: int, masks: list | None = None) -> dict:
@@ -123,12 +165,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--scale", type=int, default=2, help="demo1 (1080x1920) downscaled by this")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dubbing.json"))
+    parser.add_argument("--scene-seconds", type=float, default=None, help="instead: a scene of this length")
     args = parser.parse_args()
     seconds = args.seconds
     with tempfile.TemporaryDirectory(prefix="latentsync-dubbing-") as tmp:
         folder = Path(tmp)
         config = make_tiny_checkpoints(folder / "checkpoints")
         models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
+        if args.scene_seconds:
+            report = {"benchmark": f"a scene: {args.scene_seconds:g} s of demo1 at 1/{args.scale} size, 3 lines "
+                                   f"with 40 % silence, tiny models at {models.resolution} px faces, {args.steps} "
+                                   f"steps, dlib, H.264, CPU ({torch.get_num_threads()} threads)",
+                      "torch": torch.__version__,
+                      "runs": scene_runs(models, folder, args.scene_seconds, args.steps, args.scale)}
+            write_report(report, args.out)
+            return 0
         video = clip(folder, seconds, args.scale)
         short, long = looped_speech(0.75 * seconds, folder), looped_speech(1.5 * seconds, folder)
         timed(models, {}, video, short, folder / "warmup.mp4", 1)  # first-call costs out of every run

@@ -12,8 +12,9 @@ frames go to the disk cache). Then dubbing: 1 s of speech placed 2 s into the vi
 ratios; the target is <= 1.10.
 
 ``--slope-seconds S``: one run of S seconds of speech on demo1 looped and scaled to 540x960 (where the frame count
-matters, not the frame size), its process's RSS sampled every second: the slope in KB per output frame over the
-second half of the run (frames at the run's average rate; target < 1 KB a frame), and the RSS at each tenth.
+matters, not the frame size), its process's RSS sampled every second: the slope in KB per output frame fitted to
+the medians of the 6th to 9th tenth of the run (frames at the run's average rate; target < 1 KB a frame), and each
+tenth's median RSS. The last tenth is left out: the encoder's flush and the process's teardown free hundreds of MB.
 """
 
 from __future__ import annotations
@@ -95,11 +96,18 @@ def rss_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config
     frames = _count_frames(out) if out.exists() else 0
     elapsed = time.perf_counter() - started
     times, rss = np.array([t for t, _ in samples]), np.array([r for _, r in samples], dtype=np.float64)
-    later = times > times[-1] / 2
-    per_second = np.polyfit(times[later], rss[later], 1)[0] if later.sum() > 2 else float("nan")
+    # the second half of the frames' making: the models' loading before and the encoder's last flush and the
+    # process's teardown after (RSS falls by hundreds of MB there) are left out, and each tenth of the run is
+    # its median (RSS swings by ~150 MB within a few groups as buffers are filled and the heap trimmed)
+    tenths = [rss[(times >= k * times[-1] / 10) & (times < (k + 1) * times[-1] / 10)] for k in range(10)]
+    medians = np.array([np.median(part) if len(part) else np.nan for part in tenths])
+    middle = np.arange(5, 9)  # 50-90 % of the run
+    known = middle[np.isfinite(medians[middle])]
+    per_second = np.polyfit((known + 0.5) * times[-1] / 10, medians[known], 1)[0] if len(known) > 1 else np.nan
     return {"seconds_of_speech": seconds, "frames": frames, "seconds": round(elapsed, 1), "exit_code":
             process.returncode, "slope_kb_per_frame": round(per_second / (frames / elapsed) / 1024, 2),
-            "rss_mb_each_tenth": [round(rss[int(k * (len(rss) - 1) / 10)] / 1e6) for k in range(11)],
+            "fitted": "medians of the 6th to 9th tenth of the run",
+            "rss_mb_median_each_tenth": [None if np.isnan(m) else round(m / 1e6) for m in medians],
             "target_kb_per_frame": "< 1"}
 
 

@@ -14,7 +14,8 @@ from ..latentsync.options import RUN, Option
 REQUIRED = ("seed", "lips_expression", "inference_steps", "attention_mode", "optimization_level", "vram_fraction",
             "memory_mode", "output_mode", "enable_disk_cache")
 OPTIONAL = ("face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start", "when_video_is_longer",
-            "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget")
+            "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget", "sync_only_speech",
+            "speech_min_pause", "speech_pad", "speech_blend")
 # set on every run: always in view; the rest (speed, memory, dubbing) sits behind the node's advanced-inputs toggle
 IN_VIEW = {"seed", "lips_expression", "inference_steps", "face"}
 OUTPUT_MODES = ("auto", "video_file", "frames")

@@ -18,7 +18,7 @@ _EXPORTS = {
     "LipSyncModels": "model_set", "ModelChoice": "model_set",
     "LipSyncPipeline": "pipeline", "RunResult": "engine.run",
     "PipelineOptions": "options",
-    "Segment": "split", "SplitPlan": "split",
+    "Segment": "split", "SplitPlan": "split", "Line": "scene",
     "LatentSyncError": "errors", "Cancelled": "errors", "NoFaceError": "errors", "MediaError": "errors",
     "OutOfMemory": "errors",
 }

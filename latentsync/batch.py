@@ -32,15 +32,20 @@ def check_job(job: Job) -> None:
     from .video import check_audio_file, probe_video
 
     _require_inputs(job)
-    probe_video(job.video)
-    check_audio_file(job.audio)
+    info = probe_video(job.video)
+    if job.lines:
+        from .scene import check_lines
+
+        check_lines(list(job.lines), int(info.num_frames), info.fps)
+    else:
+        check_audio_file(job.audio)
     writable_folder(job.output)
 
 
 def _require_inputs(job: Job) -> None:
-    for name in ("video", "audio"):
-        if not getattr(job, name).is_file():
-            raise FileNotFoundError(f"{name} file not found: {getattr(job, name)}")
+    for name, source in job.inputs.items():
+        if not source.is_file():
+            raise FileNotFoundError(f"{name} file not found: {source}")
 
 
 def remove_leftovers(job: Job, wait: float = 0.0) -> None:
@@ -61,7 +66,7 @@ class JobRunner:
         try:
             pipeline = self._pipeline(job)
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            result = pipeline.run(job.video, job.audio, job.output, progress=self.progress)
+            result = pipeline.run(job.video, job.speech, job.output, progress=self.progress)
         except Exception as error:  # one job's failure is its record, never the batch's end
             return job_record(job, status="failed", seconds=_since(started), error=sentence(error))
         return job_record(job, status="done", frames=result.num_frames, seconds=_since(started),

@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m latentsync", description=__doc__,
                                      epilog="Many videos: python -m latentsync batch JOBS (see --help there).")
     parser.add_argument("--video", required=True, help="input video file (any format ffmpeg reads)")
-    parser.add_argument("--audio", required=True, help="speech track (wav, mp3, m4a, ... or a video with audio)")
+    parser.add_argument("--audio", help="speech track (wav, mp3, m4a, ... or a video with audio)")
+    parser.add_argument("--line", action="append", metavar="AUDIO@START[@FACE]",
+                        help="instead of --audio, a scene's edit list, one --line per line of speech: its audio file, "
+                             "the second it starts in the video, and which face speaks it (the --face numbers), e.g. "
+                             "--line hello.wav@2.5@1 --line reply.wav@6@2; lines must not overlap")
     parser.add_argument("--out", required=True, help="output .mp4 (.mkv with --codec ffv1), written atomically when "
                                                       "complete")
     add_run_options(parser)
@@ -113,8 +117,10 @@ def check_arguments(args) -> dict:
     from .checkpoints import download_command
     from .video import MediaError, check_audio_file
 
+    if (args.audio is None) == (args.line is None):
+        raise ValueError("give --audio (one speech track) or --line (a scene's edit list, one per line), not both")
     for flag in ("video", "audio"):
-        if not Path(getattr(args, flag)).is_file():
+        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
             raise FileNotFoundError(f"--{flag}: no such file: {getattr(args, flag)}")
     if args.unet_config and not Path(args.unet_config).is_file():
         raise FileNotFoundError(f"--unet-config: no such file: {args.unet_config}")
@@ -128,20 +134,35 @@ def check_arguments(args) -> dict:
     check_name_length(out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder: give a file name, such as {out / 'synced.mp4'}")
-    check_not_an_input(out, {"video": args.video, "audio": args.audio}, "--out")
+    args.speech = args.audio if args.line is None else edit_list(args.line, Path(args.video))
+    sources = {"audio": args.audio} if args.line is None else {f"--line {n}": line.audio
+                                                                for n, line in enumerate(args.speech, 1)}
+    check_not_an_input(out, {"video": args.video, **sources}, "--out")
     check_output_name(out, values["codec"], "--out")
     try:
         writable_folder(out)
     except PermissionError as error:
         raise PermissionError(f"--out: {error}") from None
     try:
-        check_audio_file(args.audio)
+        if args.audio is not None:
+            check_audio_file(args.audio)
     except MediaError as error:
         raise MediaError(f"--audio: {error}") from None
     warning = variable_rate_warning(Path(args.video))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return values
+
+
+def edit_list(texts: list[str], video: Path) -> list:
+    """The ``--line`` flags as scene lines, checked whole against the video (one sentence naming the line)."""
+    from .scene import check_lines, parse_line
+    from .video import probe_video
+
+    lines = [parse_line(text, f"--line {number}") for number, text in enumerate(texts, 1)]
+    info = probe_video(video)
+    check_lines(lines, int(info.num_frames), info.fps)
+    return lines
 
 
 def variable_rate_warning(video: Path) -> str | None:
@@ -194,7 +215,8 @@ def batch_main(argv: list[str]) -> int:
 
     def announce(job, position, total):
         if not args.quiet:
-            print(f"job {position}/{total}: {job.video.name} + {job.audio.name} -> {job.output}", file=sys.stderr)
+            speech = job.audio.name if job.audio else f"{len(job.lines)} lines"
+            print(f"job {position}/{total}: {job.video.name} + {speech} -> {job.output}", file=sys.stderr)
 
     try:
         with sigterm_as_interrupt(), manifest:
@@ -309,7 +331,14 @@ def entry() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, HEAP_ARENAS)
     except (OSError, AttributeError):  # not glibc: its allocator is left as it is
         pass
-    sys.exit(main())
+    code = main()
+    from .engine.threads import stages_running
+
+    if code == 130 and stages_running():  # interrupted, its cleanup done, a stage still inside native code (a
+        sys.stdout.flush()  # compile): the interpreter's teardown would run C++ destructors under it and abort
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             options = pipeline_options(values)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             models = ModelChoice.of(values, args.checkpoints, args.unet_config, args.device).load(progress)
-            result = LipSyncPipeline(models, options).run(args.video, args.audio, args.out, progress=progress)
+            result = LipSyncPipeline(models, options).run(args.video, args.speech, args.out, progress=progress)
     except KeyboardInterrupt:
         progress.close()
         print("\ninterrupted: no output was written and temporary files were removed", file=sys.stderr)

@@ -19,6 +19,8 @@ from .options import LOAD, RUN, PipelineOptions, output_fields, pipeline_options
 from .paths import check_not_an_input, check_output_name
 
 JOB_FIELDS = ("video", "audio", "output")
+LINES = "lines"  # instead of audio: a scene's edit list, AUDIO@START[@FACE] items separated by ';'
+
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COLUMNS = {option.column: option for option in (*LOAD.values(), *RUN.values()) if option.column is not None}
 
@@ -27,18 +29,32 @@ COLUMNS = {option.column: option for option in (*LOAD.values(), *RUN.values()) i
 class Job:
     index: int  # its place among the jobs, from 1 (the manifest's "job")
     video: Path
-    audio: Path
+    audio: Path | None  # None when the job is a scene of ``lines``
     output: Path
     cells: dict = field(default_factory=dict)  # its own values as written, by column (``Option.column``)
+    lines: tuple = ()  # a scene's lines (``latentsync.scene.Line``), their audio paths resolved
     where: str = ""  # where it is written, for error sentences: "jobs.csv line 3"
     models: ModelChoice | None = None  # its checked settings (``settle``): what it loads ...
     options: PipelineOptions | None = None  # ... and how it runs
+
+    @property
+    def speech(self):
+        """What the pipeline syncs to: the audio file, or the scene's lines."""
+        return list(self.lines) if self.lines else self.audio
+
+    @property
+    def inputs(self) -> dict:
+        """The files it reads, by name."""
+        sounds = {f"lines item {n}": line.audio for n, line in enumerate(self.lines, 1)} if self.lines else {
+            "audio": self.audio}
+        return {"video": self.video, **sounds}
 
     def settings(self) -> dict:
         """What makes its output (the manifest keeps it: a done job whose settings changed is redone)."""
         values = {**vars(self.models), **vars(self.options)}
         kept = {name: values[name] for name in output_fields()}
-        return {**kept, "resolution": str(VERSIONS[self.models.version].resolution),
+        scene = {LINES: [[str(line.audio), line.start, line.face] for line in self.lines]} if self.lines else {}
+        return {**kept, **scene, "resolution": str(VERSIONS[self.models.version].resolution),
                 "checkpoints": self.models.checkpoints, "unet_config": self.models.unet_config}
 
 
@@ -74,21 +90,27 @@ def read_jobs(path: str | Path, option_names: set[str] = frozenset(COLUMNS)) -> 
             if isinstance(value, (list, dict)):
                 raise JobsFileError(f"{where}, column {name}: a {type(value).__name__} is not a value; give one "
                                     "number or word")
-        missing = [name for name in JOB_FIELDS if not str(row.get(name) or "").strip()]
+        scene = str(row.get(LINES) or "").strip()
+        needed = [name for name in JOB_FIELDS if not (scene and name == "audio")]
+        missing = [name for name in needed if not str(row.get(name) or "").strip()]
         if missing:
-            raise JobsFileError(f"{where} has no {', '.join(missing)}")
-        unknown = sorted(set(row) - set(JOB_FIELDS) - option_names)
+            raise JobsFileError(f"{where} has no {', '.join(missing)}" + (" (or lines)" if "audio" in missing else ""))
+        if scene and str(row.get("audio") or "").strip():
+            raise JobsFileError(f"{where} has both audio and lines: give one (lines: a scene's edit list)")
+        unknown = sorted(set(row) - set(JOB_FIELDS) - {LINES} - option_names)
         if unknown:
             raise JobsFileError(f"{where} has unknown columns {', '.join(unknown)}: use the command line's option "
                                 f"names ({', '.join(sorted(option_names))})")
-        broken = [name for name in JOB_FIELDS if any(mark in str(row[name]) for mark in "\n\r")]
+        broken = [name for name in (*needed, *([LINES] if scene else [])) if any(mark in str(row[name])
+                                                                               for mark in "\n\r")]
         if broken:
             raise JobsFileError(f"{where}: the {', '.join(broken)} path holds a line break (a quote left open?): "
                                 "give each path on one line")
-        paths = [(path.parent / str(row[name]).strip()).resolve() for name in JOB_FIELDS]  # workers run elsewhere
+        # paths resolved from the jobs file's folder: workers run elsewhere
+        paths = [(path.parent / str(row[name]).strip()).resolve() if name in needed else None for name in JOB_FIELDS]
         options = {name: value for name, value in row.items()
-                   if name not in JOB_FIELDS and value is not None and str(value).strip() != ""}
-        jobs.append(Job(index, *paths, cells=options, where=where))
+                   if name not in (*JOB_FIELDS, LINES) and value is not None and str(value).strip() != ""}
+        jobs.append(Job(index, *paths, cells=options, where=where, lines=_scene_lines(scene, path.parent, where)))
     _check_outputs(jobs)
     return jobs
 
@@ -173,19 +195,30 @@ def _check_header(path: Path, line: int, cells: list[str]) -> None:
                             f"{', '.join(capitals)}")
 
 
+def _scene_lines(cell: str, folder: Path, where: str) -> tuple:
+    """A ``lines`` cell's lines, their audio resolved from ``folder``; one sentence naming the item otherwise."""
+    from .scene import Line, parse_line
+
+    lines = []
+    for number, item in enumerate((item for item in cell.split(";") if item.strip()), 1):
+        line = parse_line(item, f"{where}, column lines, item {number}")
+        lines.append(Line((folder / str(line.audio).strip()).resolve(), line.start, line.face))
+    return tuple(lines)
+
+
 def _check_outputs(jobs: list[Job]) -> None:
     """No two jobs write one file, and no job writes a file that a job reads (paths are resolved already; files
     that exist are also compared as inodes: hard links, case-insensitive folders)."""
     writers: dict = {}
     for job in jobs:
-        check_not_an_input(job.output, {"video": job.video, "audio": job.audio}, f"{job.where}: output")
+        check_not_an_input(job.output, job.inputs, f"{job.where}: output")
         earlier = writers.setdefault(_file_key(job.output), job)
         if earlier is not job:
             raise JobsFileError(f"{earlier.where} and {job.where} both write {job.output}: the second would replace "
                                 "the first; give each job its own output")
     for reader in jobs:
-        for name in ("video", "audio"):
-            writer = writers.get(_file_key(getattr(reader, name)))
+        for name, source in reader.inputs.items():
+            writer = writers.get(_file_key(source))
             if writer is not None:
                 raise JobsFileError(f"{writer.where} writes {writer.output}, which {reader.where} reads as its {name}: "
                                     "give the output another name")

@@ -119,8 +119,8 @@ def check_manifest_path(path: str | Path, jobs_file: str | Path, jobs: list[Job]
         raise ManifestError(f"--manifest {path} is the jobs file: records would be appended to it; give the manifest "
                             "its own name (the default is beside the jobs file)")
     for job in jobs:
-        for name in ("video", "audio", "output"):
-            if same_file(path, getattr(job, name)):
+        for name, used in {**job.inputs, "output": job.output}.items():
+            if same_file(path, used):
                 raise ManifestError(f"--manifest {path} is the {name} of {job.where}: records would be appended to "
                                     "it; give the manifest its own name")
 

@@ -180,6 +180,19 @@ RUN = _schema(
     Option("audio_context", "audio_context", "--audio-context", "windows", "windows: the published audio features "
            "(Whisper on consecutive 30 s windows; a jump at each edge). seamless: overlapping windows cross-faded, "
            "no jump; the same features for speech of 30 s or less.", choices=AUDIO_CONTEXTS),
+    # a whole scene: the lips synced only where the voice detector hears speech (each opt-in)
+    Option("sync_only_speech", "sync_only_speech", "--sync-only-speech", False, "Sync only the stretches where the "
+           "speech is (a voice detector finds them): the frames of pauses longer than speech_min_pause are the "
+           "video's own, untouched and not computed (faster). Off: every frame of the speech is synced (published).",
+           choices=(False, True), words={"off": False, "on": True}, toggle=(False, True)),
+    Option("speech_min_pause", "speech_min_pause", "--speech-min-pause", 0.5, "With sync_only_speech: seconds of "
+           "silence that end a stretch of speech; shorter pauses stay synced.", float, min=0.05, max=10.0,
+           step=0.05),
+    Option("speech_pad", "speech_pad", "--speech-pad", 0.2, "With sync_only_speech: seconds synced before and after "
+           "each stretch of speech (lips move a little before the sound).", float, min=0.0, max=2.0, step=0.05),
+    Option("speech_blend", "speech_blend", "--speech-blend", 4, "With sync_only_speech or several lines: frames at "
+           "each end of a synced stretch over which its mouth fades in from the video's own (in the mouth region "
+           "only); 0 = a cut.", int, min=0, max=12),
     # how the video file is written (ComfyUI's Save Video node does its own)
     Option("codec", None, "--codec", "h264", "h264: a small MP4 every player takes. ffv1: lossless RGB in Matroska "
            "(.mkv): large files whose frames decode to exactly what the pipeline made (masters, comparisons).",

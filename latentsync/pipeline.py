@@ -10,6 +10,7 @@ file with the audio muxed in, written atomically, and/or every batch to a frame 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from .memory_limiter import vram_cap
 from .model_set import LipSyncModels
 from .options import PipelineOptions
 from .paths import check_not_an_input, disk_full_sentence
+from .scene import Line, SceneFrames, check_lines
 from .tempfiles import TEMP_PREFIX, output_prefix, owned_temp_dir, remove_stale
 
 __all__ = ["LipSyncPipeline", "LipSyncModels", "PipelineOptions", "RunResult", "SyncedFrames", "Progress"]
@@ -44,14 +46,16 @@ class LipSyncPipeline:
 
     def frames(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
                should_cancel: Callable[[], bool] | None = None, segment: split.Segment | None = None,
-               mask_sink: Callable[[np.ndarray], None] | None = None) -> SyncedFrames:
+               mask_sink: Callable[[np.ndarray], None] | None = None, mask_feather: int | None = None
+               ) -> SyncedFrames:
         """Start lip-syncing ``video`` (a path, a FrameSource, or (N, H, W, 3) frames at ``fps``) to ``audio`` (a
         path, a ComfyUI AUDIO dict or (waveform, rate)): probes the inputs, computes the audio features and plans
         the memory; iterating the result yields the output's uint8 (n, H, W, 3) batches in order (the video's own
         frames where the options keep them before or after the speech).
 
         ``segment`` (from ``plan_split``): only those output frames, equal to the same frames of the whole run.
-        ``mask_sink``: given each batch's mouth mask, uint8 (n, H, W) (255 = the generated mouth), before it."""
+        ``mask_sink``: given each batch's mouth mask, uint8 (n, H, W) (255 = the generated mouth), before it; its
+        edge feathered over ``mask_feather`` crop pixels (default: the options' mouth_feather, as pasted)."""
         started = time.perf_counter()
         report = progress or (lambda *_: None)
         report("read video and audio", 0, 1)
@@ -65,7 +69,7 @@ class LipSyncPipeline:
         wanted = self.options.attention
         used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,
-                           should_cancel=should_cancel, mask_sink=mask_sink)
+                           should_cancel=should_cancel, mask_sink=mask_sink, mask_feather=mask_feather)
         if segment is None:  # (a segment's run is one part of a run that checks it once)
             from .audio.speech import little_speech_warning
 
@@ -77,6 +81,44 @@ class LipSyncPipeline:
                      "same result within float tolerance); verify_installation.py says why")
         run.times.add("audio", time.perf_counter() - started)
         return run
+
+    def scene(self, video, lines: list, *, fps: float | None = None, progress: Progress | None = None,
+              should_cancel: Callable[[], bool] | None = None,
+              mask_sink: Callable[[np.ndarray], None] | None = None) -> SceneFrames:
+        """Start dubbing a scene: ``lines`` (``latentsync.scene.Line``: audio, start, face) placed in ``video``, each
+        synced on its face, whole or (``sync_only_speech``) where its speech is; every other frame is the video's
+        own. The output runs to the video's end (when_video_is_longer keep) or to the last line's end (cut). The
+        edit list is checked whole before any model work: one sentence naming the line."""
+        from .audio import SAMPLE_RATE, num_video_frames
+        from .frames import frames_from, open_source
+        from .scene import plan_stretches, scene_sound
+
+        report = progress or (lambda *_: None)
+        report("read video and audio", 0, 1)
+        source = open_source(video, fps)
+        spoken = check_lines(lines, source.num_frames, source.fps)
+        stretches = plan_stretches(lines, spoken, source.fps, self.options, self.models.chunk_size)
+        firsts = [round(line.start * source.fps) for line in lines]
+        ends = [first + num_video_frames(len(samples), source.fps) for first, samples in zip(firsts, spoken)]
+        stop = source.num_frames if self.options.when_video_is_longer == "keep" else max(ends)
+        if len(lines) == 1:  # the speech as given (its own file and quality), placed at its first frame
+            sound, delay = lines[0].audio, (float(firsts[0] / source.fps) if firsts[0] or stop > ends[0] else None)
+        else:
+            sound, delay = scene_sound(list(zip([line.audio for line in lines], firsts)), source.fps,
+                                       float(stop / source.fps)), 0.0
+        warnings = [] if stretches else ["no speech to sync: the voice detector hears none in the audio, so every "
+                                         "frame is the video's own"]
+        feather = max(self.options.mouth_feather, self.models.resolution // 32)  # the blend's mouth region
+
+        def sync(stretch, stretch_progress, masks) -> SyncedFrames:  # a run on the video cut at the stretch
+            options = dataclasses.replace(self.options, face=stretch.face, audio_start=0.0,
+                                          when_video_is_longer="cut", sync_only_speech=False)
+            return LipSyncPipeline(self.models, options, self.overlap).frames(
+                frames_from(source, stretch.first), (stretch.samples, SAMPLE_RATE), progress=stretch_progress,
+                should_cancel=should_cancel, mask_sink=masks, mask_feather=feather)
+
+        return SceneFrames(source, stretches, stop, self.options.speech_blend, sync, sound, delay, spoken[0] if
+                           len(lines) == 1 else None, warnings, progress, should_cancel, mask_sink)
 
     def plan_split(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None, anchors: np.ndarray | None = None
@@ -102,6 +144,8 @@ class LipSyncPipeline:
         atomically; placed at ``audio_start`` and padded with silence where the options keep video around it),
         and/or every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
 
+        ``audio``: a speech track, or a list of ``latentsync.scene.Line`` (a scene: ``scene``); with
+        ``sync_only_speech`` the speech is a scene of one line, at ``audio_start``.
         ``segment``: only those frames, and no audio (the parts are joined and the audio muxed once).
         ``mask_sink``: each batch's mouth mask (``frames``).
 
@@ -109,15 +153,25 @@ class LipSyncPipeline:
         the temp folder are removed first; a full disk is an OSError naming the folder and the fix."""
         if output_path is None and frame_sink is None:
             raise ValueError("nothing would receive the frames: give an output path, a frame sink, or both")
+        lines = audio if isinstance(audio, list) else [Line(audio, self.options.audio_start)] if (
+            self.options.sync_only_speech) else None
+        if lines is not None and segment is not None:
+            raise ValueError("a scene (sync_only_speech, or lines) runs whole: it cannot be split into segments")
         temp_folder = self.options.cache_dir or tempfile.gettempdir()
         if output_path is not None:
-            check_not_an_input(output_path, {"video": video, "audio": audio})
+            inputs = {f"line {n}": line.audio for n, line in enumerate(lines, 1)} if lines else {"audio": audio}
+            check_not_an_input(output_path, {"video": video, **inputs})
             remove_stale(Path(output_path).parent, output_prefix(output_path))  # what killed runs left there
         remove_stale(temp_folder, TEMP_PREFIX)
-        synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel, segment=segment,
-                             mask_sink=mask_sink)
+        if lines is not None:
+            synced = self.scene(video, lines, fps=fps, progress=progress, should_cancel=should_cancel,
+                                mask_sink=mask_sink)
+        else:
+            synced = self.frames(video, audio, fps=fps, progress=progress, should_cancel=should_cancel,
+                                 segment=segment, mask_sink=mask_sink)
         try:
-            return self._deliver(synced, audio, output_path, frame_sink, muxed=segment is None)
+            return self._deliver(synced, synced.sound if lines is not None else audio, output_path, frame_sink,
+                                 muxed=segment is None)
         except (OSError, ValueError) as error:  # MediaError is a ValueError: ffmpeg's "No space left on device"
             full = disk_full_sentence(error, [Path(output_path).parent] if output_path is not None else [],
                                       temp_folder)
@@ -125,7 +179,8 @@ class LipSyncPipeline:
                 raise
             raise OSError(errno.ENOSPC, full) from error
 
-    def _deliver(self, synced: SyncedFrames, audio, output_path, frame_sink, muxed: bool) -> RunResult:
+    def _deliver(self, synced: SyncedFrames | SceneFrames, audio, output_path, frame_sink, muxed: bool
+                 ) -> RunResult:
         from .video import VideoWriter, video_encoder
 
         with contextlib.ExitStack() as stack:
@@ -135,8 +190,8 @@ class LipSyncPipeline:
                 writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
                                                          audio=sound, encoder=video_encoder(self.options.codec),
                                                          audio_delay=synced.audio_delay))
-            stack.enter_context(vram_cap(synced.plan.memory, self.models.device,
-                                         enabled=self.options.hard_vram_cap))
+            if synced.memory is not None:  # (a scene without a stretch to sync runs no model)
+                stack.enter_context(vram_cap(synced.memory, self.models.device, enabled=self.options.hard_vram_cap))
             for batch in stack.enter_context(contextlib.closing(iter(synced))):  # closed first: threads stop
                 if writer is not None:
                     with synced.times.measure("encode"):

@@ -221,6 +221,9 @@ def run_split_job(cluster: RayWorkers, job: Job) -> dict:
     removed whatever happens."""
     from .video import join_videos
 
+    if job.lines or job.options.sync_only_speech:  # a scene runs whole: its stretches are runs of their own
+        worker = cluster.free[0]
+        return cluster.gather([(worker, worker.record.remote(job))])[0]
     started = time.perf_counter()
     parts = None
     try:

@@ -145,7 +145,8 @@ def test_registered_through_comfy_entrypoint_with_ids_names_and_types(package):
         "vram_fraction", "memory_mode", "output_mode", "enable_disk_cache"]
     assert list(inputs["optional"]) == [
         "video", "images", "fps", "face", "face_detector", "lip_focus", "deepcache", "compile", "audio_start",
-        "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget"]
+        "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context", "vram_budget",
+        "sync_only_speech", "speech_min_pause", "speech_pad", "speech_blend"]
     for node in (loader, lipsync):
         schema = node.GET_SCHEMA()
         if hasattr(schema, "search_aliases"):  # newer ComfyUI: the search box finds it by these words
@@ -744,3 +745,19 @@ def test_face_choice_reaches_the_pipeline(package, node_env, short_clip):
     assert torch.equal(frames[:, :, width:], two[:, :, width:])  # the right face: untouched
     assert not torch.equal(frames[:, :, :width], two[:, :, :width])
 
+
+def test_sync_only_speech_leaves_the_silent_frames_as_they_came(package, node_env, short_clip, media_dir):
+    """A dubbed track with 0.64 s of silence first: those frames come out as they went in (no model call), the
+    speech after them is synced."""
+    import torch
+
+    images, _, _, fps = short_clip
+    images = torch.cat([images, images.flip(0)])  # 32 frames
+    words = speech(media_dir, 1.14)["waveform"][..., 8000:]  # demo1's 0.5..1.14 s: speech throughout
+    track = {"waveform": torch.cat([torch.zeros_like(words), words], dim=-1), "sample_rate": 16000}
+    out = run_node(package, load_model(package), track, images=images, fps=fps, output_mode="frames",
+                   sync_only_speech=True, when_video_is_longer="keep")
+    frames = out["result"][2]
+    assert frames.shape == images.shape
+    assert torch.equal(frames[:8], images[:8])  # silence (less the 0.2 s pad before the speech): the input's
+    assert not torch.equal(frames[-8:], images[-8:])  # the speech: synced

@@ -46,3 +46,18 @@ def test_the_detector_leaves_torch_s_thread_count_alone():
             "speech_spans(numpy.zeros(16000, numpy.float32)); print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_speech_boundaries_match_the_hand_checked_reference(media_dir):
+    import json
+    from pathlib import Path
+
+    reference = json.loads((Path(__file__).parent / "data" / "speech_boundaries.json").read_text())
+    tolerance = reference["tolerance_seconds"]
+    for name, marks in reference["tracks"].items():
+        samples, _ = soundfile.read(media_dir / name, dtype="float32")
+        spans = speech_spans(samples, min_pause=0.1, pad=0.0)
+        for onset in marks["onsets"]:
+            assert min(abs(span.start - onset) for span in spans) <= tolerance, (name, onset, spans)
+        for end in marks["ends"]:
+            assert min(abs(span.end - end) for span in spans) <= tolerance, (name, end, spans)

@@ -8,13 +8,13 @@
 """
 
 from .encoder import WhisperCheckpointError, WhisperEncoder, save_whisper_checkpoint
-from .loading import SAMPLE_RATE, load_audio, placed, resample, waveform_to_16k
+from .loading import SAMPLE_RATE, load_audio, load_stereo, placed, resample, waveform_to_16k
 from .windows import (STEPS_PER_SECOND, WINDOW_STEPS, frame_centers, frame_window, frame_windows,
                       frames_for_duration, num_video_frames, require_video_frames, window_indices)
 
 __all__ = [
     "SAMPLE_RATE", "STEPS_PER_SECOND", "WINDOW_STEPS",
-    "load_audio", "waveform_to_16k", "resample", "placed",
+    "load_audio", "load_stereo", "waveform_to_16k", "resample", "placed",
     "WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint",
     "num_video_frames", "frames_for_duration", "require_video_frames",
     "frame_centers", "window_indices", "frame_windows", "frame_window",

@@ -193,5 +193,24 @@ def placed(waveform, sample_rate: int, delay: float, duration: float):
     return np.pad(waveform, pad)
 
 
-__all__ = ["SAMPLE_RATE", "AudioSource", "load_audio", "waveform_to_16k", "resample", "placed"]
+def load_stereo(source: AudioSource, rate: int = 48000) -> np.ndarray:
+    """``source`` (a file, a ComfyUI AUDIO dict or a (waveform, rate) pair) as float32 (2, samples) at ``rate``, for
+    mixing into an output's sound: mono in both channels, the first two of more."""
+    if isinstance(source, (str, Path)):
+        import av
+
+        with av.open(str(source)) as container:
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+            pieces = [out.to_ndarray() for frame in container.decode(container.streams.audio[0])
+                      for out in resampler.resample(frame)]
+            pieces += [out.to_ndarray() for out in resampler.resample(None)]
+        return np.concatenate(pieces, axis=1).astype(np.float32)
+    waveform, source_rate = (source["waveform"], source["sample_rate"]) if isinstance(source, Mapping) else source
+    array = _as_float_array(waveform)
+    array = array[0] if array.ndim == 3 else array[None] if array.ndim == 1 else array
+    channels = [array[min(k, len(array) - 1)] for k in range(2)]
+    return np.stack([resample(channel, int(source_rate), rate) for channel in channels])
+
+
+__all__ = ["SAMPLE_RATE", "AudioSource", "load_audio", "load_stereo", "waveform_to_16k", "resample", "placed"]
 

@@ -54,7 +54,7 @@ class SyncedFrames:
 
     def __init__(self, models, options, plan: RunPlan, features: torch.Tensor, *, overlap: bool = True,
                  progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
-                 mask_sink: Callable[[np.ndarray], None] | None = None):
+                 mask_sink: Callable[[np.ndarray], None] | None = None, mask_feather: int | None = None):
         self.plan, self.overlap = plan, overlap
         self.mask_sink = mask_sink  # given: each batch's mouth mask, uint8 (n, H, W), just before the batch
         self.control = RunControl(progress, should_cancel)
@@ -64,7 +64,8 @@ class SyncedFrames:
                       else StreamedAlign(plan, self.aligner, self.control))
         self.synthesis = Synthesis(models, options, plan, features, self.batches, self.control)
         self.restore = Restore(FaceStage(None, models.resolution, device=models.device), self.batches, self.control,
-                               mouth=mouth_weight(models.resolution, options.mouth_feather) if mask_sink else None)
+                               mouth=mouth_weight(models.resolution, options.mouth_feather if mask_feather is None
+                                                  else mask_feather) if mask_sink else None)
         self.warnings: list[str] = []
         for warning in plan.warnings:
             self.warn(warning)
@@ -86,6 +87,10 @@ class SyncedFrames:
     @property
     def samples(self) -> np.ndarray:
         return self.plan.samples
+
+    @property
+    def memory(self):
+        return self.plan.memory
 
     @property
     def fps(self) -> Fraction:

@@ -23,6 +23,7 @@ POLL_SECONDS = 0.1
 # for minutes on a CPU) is waited for this long, then left to die with the process (it is a daemon thread). Any other
 # stop (a cancel in ComfyUI, an error) waits for the stage: its GPU work must end before the models move.
 INTERRUPTED_JOIN_SECONDS = 5.0
+THREAD_PREFIX = "latentsync-"
 
 
 class Stopped(Exception):
@@ -61,7 +62,7 @@ def in_thread(items: Iterator, name: str, stopping: threading.Event, depth: int 
             if close is not None:
                 close()  # stops and joins the stages upstream of this one
 
-    thread = threading.Thread(target=work, name=f"latentsync-{name}", daemon=True)
+    thread = threading.Thread(target=work, name=f"{THREAD_PREFIX}{name}", daemon=True)
     thread.start()
     handed_over = False  # True once the stage's end or its error came through: its thread is finishing
     try:
@@ -84,6 +85,11 @@ def in_thread(items: Iterator, name: str, stopping: threading.Event, depth: int 
             consumer_gone.set()
             stopping.set()
         thread.join(INTERRUPTED_JOIN_SECONDS if _interrupted() else None)
+
+
+def stages_running() -> bool:
+    """Whether a stage thread of some run is still alive (left running by an interrupt: ``in_thread``)."""
+    return any(thread.name.startswith(THREAD_PREFIX) and thread.is_alive() for thread in threading.enumerate())
 
 
 def _interrupted() -> bool:
