@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -18,11 +19,12 @@ class Restore:
         self.mouth = mouth
 
     def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
-        for group in groups:
-            if group.synced is not None:
-                with self.control.times.measure("restore"):
-                    self._restore(group)
-            yield group
+        with contextlib.closing(groups):  # closed with this stage, not whenever it is collected: its thread joins
+            for group in groups:
+                if group.synced is not None:
+                    with self.control.times.measure("restore"):
+                        self._restore(group)
+                yield group
 
     def _restore(self, group: Group) -> None:
         if self.mouth is not None:

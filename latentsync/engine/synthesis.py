@@ -40,8 +40,9 @@ class Synthesis:
 
     def groups(self, groups: Iterator[Group]) -> Iterator[Group]:
         streamed = self.plan.memory.streamed  # (compiled calls are not used then: hooks move the weights)
-        with streamed_weights(self.models.unet, self.models.device) if streamed else contextlib.nullcontext():
-            yield from self._groups(groups)
+        with contextlib.closing(groups), (streamed_weights(self.models.unet, self.models.device) if streamed
+                                          else contextlib.nullcontext()):
+            yield from self._groups(groups)  # (the input closed with this stage: its thread joins now)
 
     def _groups(self, groups: Iterator[Group]) -> Iterator[Group]:
         from ..audio import frame_windows
