@@ -9,7 +9,8 @@ same clip with a speech track looped to ``--long-seconds`` (3,000+ frames: the v
 frames go to the disk cache). Then dubbing: 1 s of speech placed 2 s into the video with the rest kept
 (``--audio-start 2 --when-video-is-longer keep``), in the 10 s clip and in the clip looped to ``--kept-seconds``
 (stream-copied by ffmpeg): the kept frames pass through. Prints JSON with peak RSS of each and the long-to-short
-ratios; the target is <= 1.10.
+ratios; the target is <= 1.10. ``--pair scene``: the 10 s clip with 2 lines against the clip looped to
+``--scene-seconds`` (600) with 20, both ``--sync-only-speech on --when-video-is-longer keep``.
 
 ``--slope-seconds S``: one run of S seconds of speech on demo1 looped and scaled to 540x960 (where the frame count
 matters, not the frame size), its process's RSS sampled every second: the slope in KB per output frame fitted to
@@ -69,6 +70,12 @@ def looped_video(seconds: float, folder: Path) -> Path:
     return path
 
 
+def scene_lines(folder: Path, seconds: float, count: int) -> list[str]:
+    """``--line`` flags: ``count`` lines of 1.5 s of speech, one at the start of each ``count``-th of the take."""
+    line = looped_speech(1.5, folder)
+    return [flag for k in range(count) for flag in ("--line", f"{line}@{k * seconds / count + 0.5:.2f}")]
+
+
 def rss_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config: Path) -> dict:
     """One long run's RSS through time: the slope in KB per frame over its second half."""
     from latentsync.video.ffmpeg import find_ffmpeg
@@ -115,8 +122,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long-seconds", type=float, default=125.0)
     parser.add_argument("--kept-seconds", type=float, default=60.0, help="the long video of the dubbing runs")
-    parser.add_argument("--pair", choices=["both", "speech", "kept"], default="both",
-                        help="speech: the short and the long speech; kept: the two dubbing runs")
+    parser.add_argument("--pair", choices=["both", "speech", "kept", "scene"], default="both",
+                        help="speech: the short and the long speech; kept: the two dubbing runs; scene: a 10 s take "
+                             "with 2 lines against --scene-seconds with 20, sync_only_speech")
+    parser.add_argument("--scene-seconds", type=float, default=600.0, help="the long take of the scene pair")
     parser.add_argument("--slope-seconds", type=float, default=None, help="instead: one run's RSS slope per frame")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "memory.json"))
     args = parser.parse_args()
@@ -140,23 +149,31 @@ def main() -> int:
         if args.pair in ("both", "kept"):
             runs.update(kept_short=(demo, looped_speech(1.0, folder), dub),
                         kept_long=(looped_video(args.kept_seconds, folder), looped_speech(1.0, folder), dub))
+        if args.pair == "scene":
+            scene = ["--sync-only-speech", "on", "--when-video-is-longer", "keep"]
+            runs.update(scene_short=(demo, None, scene + scene_lines(folder, 10.0, 2)),
+                        scene_long=(looped_video(args.scene_seconds, folder), None,
+                                    scene + scene_lines(folder, args.scene_seconds, 20)))
         results = {}
         for name, (video, audio, extra) in runs.items():
             out = folder / f"{name}.mp4"
+            sound = ["--audio", str(audio)] if audio is not None else []
             command = [sys.executable, "-m", "latentsync", "--video", str(video),
-                       "--audio", str(audio), "--out", str(out), "--checkpoints", str(folder / "checkpoints"),
+                       *sound, "--out", str(out), "--checkpoints", str(folder / "checkpoints"),
                        "--unet-config", str(config), "--detector", "dlib", "--steps", "1", "--quiet",
                        "--memory-mode", "aggressive", "--device", "cpu", *extra]
             peak, seconds, code = peak_rss_of(command, env)
             frames = _count_frames(out) if out.exists() else 0
-            results[name] = {"audio_seconds": soundfile.info(str(audio)).duration, "options": extra, "frames": frames,
+            seconds_of_audio = soundfile.info(str(audio)).duration if audio is not None else None
+            results[name] = {"audio_seconds": seconds_of_audio, "options": extra[:4], "frames": frames,
                              "peak_rss_mb": round(peak, 1), "seconds": round(seconds, 1), "exit_code": code,
                              "frames_per_second": round(frames / seconds, 2) if seconds else None}
     report = {"benchmark": "memory scaling (peak RSS of the process tree, tiny checkpoints, 1080x1920 frames)",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
               "runs": results,
               **{f"ratio_{long}_to_{short}": round(results[long]["peak_rss_mb"] / results[short]["peak_rss_mb"], 3)
-                 for long, short in (("long", "short"), ("kept_long", "kept_short")) if long in results},
+                 for long, short in (("long", "short"), ("kept_long", "kept_short"), ("scene_long", "scene_short"))
+                 if long in results},
               "target": "<= 1.10"}
     write_report(report, args.out)
     return 0 if all(r["exit_code"] == 0 for r in results.values()) else 1

@@ -185,17 +185,18 @@ class SceneFrames:
         self.should_cancel, self.mask_sink, self.batch = should_cancel, mask_sink, batch
         self.fps, self.width, self.height = video.fps, video.width, video.height
         self.times = StageTimes()
-        self.runs: list = []  # each stretch's run, made when its turn comes (the first one on demand: ``memory``)
+        self.results: list = []  # each stretch's RunResult: its run is let go once done (its buffers, features)
+        self._prepared = None  # the first stretch's (masks, run), made early when ``memory`` asks for its plan
+        self._memory = None
         self._started = time.perf_counter()
 
     @property
     def memory(self):
         """The memory plan of the stretches' runs (the first one's: they share the options and the frame size)."""
-        if not self.stretches:
-            return None
-        if not self.runs:
-            self._new_run(self.stretches[0])
-        return self.runs[0][1].plan.memory
+        if self._memory is None and self.stretches:
+            self._prepared = self._new_run(self.stretches[0])
+            self._memory = self._prepared[1].plan.memory
+        return self._memory
 
     def __iter__(self) -> Iterator[np.ndarray]:
         position = 0
@@ -205,7 +206,7 @@ class SceneFrames:
             position = stretch.stop
         yield from self._passed(position, self.stop)
 
-    def _new_run(self, stretch: Stretch) -> None:
+    def _new_run(self, stretch: Stretch) -> tuple:
         masks: list[np.ndarray] = []
         offset = stretch.first
 
@@ -213,7 +214,7 @@ class SceneFrames:
             if stage.startswith("lip-sync"):
                 self.report(stage, offset + done, self.stop)
 
-        self.runs.append((masks, self.sync(stretch, progress, masks.append)))
+        return masks, self.sync(stretch, progress, masks.append)
 
     def _passed(self, start: int, stop: int) -> Iterator[np.ndarray]:
         if start >= stop:
@@ -232,9 +233,8 @@ class SceneFrames:
             batches.close()
 
     def _synced(self, number: int, stretch: Stretch) -> Iterator[np.ndarray]:
-        if len(self.runs) <= number:
-            self._new_run(stretch)
-        masks, run = self.runs[number]
+        prepared, self._prepared = self._prepared if number == 0 else None, None
+        masks, run = prepared or self._new_run(stretch)
         at_start, at_end = stretch.first > 0, stretch.stop < self.stop
         position = 0
         for batch in self._named(run, stretch):
@@ -247,6 +247,7 @@ class SceneFrames:
                 self.mask_sink(mask)
             position += len(batch)
             yield batch
+        self.results.append(run.result())
 
     def _named(self, run, stretch: Stretch) -> Iterator[np.ndarray]:
         """The run's batches; its missing face named by the line it was asked for."""
@@ -271,7 +272,7 @@ class SceneFrames:
         """The scene's RunResult: its frames, those without a face, every run's warnings (once each)."""
         from .engine.run import RunResult
 
-        results = [run.result() for _, run in self.runs]
+        results = self.results
         seconds = dict(self.times.seconds)
         for result in results:
             for stage, spent in result.seconds.items():
