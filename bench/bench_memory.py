@@ -110,9 +110,14 @@ def rss_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config
     medians = np.array([np.median(part) if len(part) else np.nan for part in tenths])
     middle = np.arange(5, 9)  # 50-90 % of the run
     known = middle[np.isfinite(medians[middle])]
-    per_second = np.polyfit((known + 0.5) * times[-1] / 10, medians[known], 1)[0] if len(known) > 1 else np.nan
+    per_second, error = np.nan, np.nan
+    if len(known) > 3:  # the fit's standard error: what this run can resolve
+        fit, cov = np.polyfit((known + 0.5) * times[-1] / 10, medians[known], 1, cov=True)
+        per_second, error = fit[0], float(np.sqrt(cov[0, 0]))
+    per_frame = 1024 * frames / elapsed
     return {"seconds_of_speech": seconds, "frames": frames, "seconds": round(elapsed, 1), "exit_code":
-            process.returncode, "slope_kb_per_frame": round(per_second / (frames / elapsed) / 1024, 2),
+            process.returncode, "slope_kb_per_frame": round(per_second / per_frame, 2),
+            "slope_standard_error_kb_per_frame": round(error / per_frame, 2),
             "fitted": "medians of the 6th to 9th tenth of the run",
             "rss_mb_median_each_tenth": [None if np.isnan(m) else round(m / 1e6) for m in medians],
             "target_kb_per_frame": "< 1"}
