@@ -118,7 +118,7 @@ def check_arguments(args) -> dict:
     from .video import MediaError, check_audio_file
 
     if (args.audio is None) == (args.line is None):
-        raise ValueError("give --audio (one speech track) or --line (a scene's edit list, one per line), not both")
+        raise ValueError("give either --audio (one speech track) or --line (a scene's edit list, one flag per line)")
     for flag in ("video", "audio"):
         if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
             raise FileNotFoundError(f"--{flag}: no such file: {getattr(args, flag)}")

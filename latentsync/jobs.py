@@ -20,7 +20,6 @@ from .paths import check_not_an_input, check_output_name
 
 JOB_FIELDS = ("video", "audio", "output")
 LINES = "lines"  # instead of audio: a scene's edit list, AUDIO@START[@FACE] items separated by ';'
-
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COLUMNS = {option.column: option for option in (*LOAD.values(), *RUN.values()) if option.column is not None}
 

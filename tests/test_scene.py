@@ -207,3 +207,12 @@ def test_a_jobs_file_row_with_audio_and_lines_is_refused(tmp_path):
     table.write_text("video,audio,output,lines\nv.mp4,,o.mp4,a.wav@soon\n")
     with pytest.raises(ValueError, match="line 2, column lines, item 1: the start 'soon' is not a number"):
         jobs_file.read_jobs(table)
+
+
+def test_the_command_line_takes_audio_or_lines(setup, tmp_path, capsys):
+    line = tmp_path / "a.wav"
+    soundfile.write(line, setup["words"][:int(0.64 * RATE)], RATE, subtype="FLOAT")
+    base = ["--video", str(setup["folder"] / "clip.mp4"), "--out", str(tmp_path / "o.mp4"), "--device", "cpu"]
+    for extra in ([], ["--audio", str(line), "--line", f"{line}@0"]):
+        assert cli.main(base + extra) == 1
+        assert "give either --audio (one speech track) or --line" in capsys.readouterr().err
