@@ -89,22 +89,21 @@ class LipSyncPipeline:
         synced on its face, whole or (``sync_only_speech``) where its speech is; every other frame is the video's
         own. The output runs to the video's end (when_video_is_longer keep) or to the last line's end (cut). The
         edit list is checked whole before any model work: one sentence naming the line."""
-        from .audio import SAMPLE_RATE, num_video_frames
+        from .audio import SAMPLE_RATE
         from .frames import frames_from, open_source
         from .scene import plan_stretches, scene_sound
 
         report = progress or (lambda *_: None)
         report("read video and audio", 0, 1)
         source = open_source(video, fps)
-        spoken = check_lines(lines, source.num_frames, source.fps)
-        stretches = plan_stretches(lines, spoken, source.fps, self.options, self.models.chunk_size)
-        firsts = [round(line.start * source.fps) for line in lines]
-        ends = [first + num_video_frames(len(samples), source.fps) for first, samples in zip(firsts, spoken)]
-        stop = source.num_frames if self.options.when_video_is_longer == "keep" else max(ends)
-        if len(lines) == 1:  # the speech as given (its own file and quality), placed at its first frame
-            sound, delay = lines[0].audio, (float(firsts[0] / source.fps) if firsts[0] or stop > ends[0] else None)
+        placed = check_lines(lines, source.num_frames, source.fps)
+        stretches = plan_stretches(placed, source.fps, self.options, self.models.chunk_size)
+        stop = source.num_frames if self.options.when_video_is_longer == "keep" else max(p.stop for p in placed)
+        if len(placed) == 1:  # the speech as given (its own file and quality), placed at its first frame
+            first = placed[0].first
+            sound, delay = lines[0].audio, (float(first / source.fps) if first or stop > placed[0].stop else None)
         else:
-            sound, delay = scene_sound(list(zip([line.audio for line in lines], firsts)), source.fps,
+            sound, delay = scene_sound([(p.line.audio, p.first) for p in placed], source.fps,
                                        float(stop / source.fps)), 0.0
         warnings = [] if stretches else ["no speech to sync: the voice detector hears none in the audio, so every "
                                          "frame is the video's own"]
@@ -117,8 +116,8 @@ class LipSyncPipeline:
                 frames_from(source, stretch.first), (stretch.samples, SAMPLE_RATE), progress=stretch_progress,
                 should_cancel=should_cancel, mask_sink=masks, mask_feather=feather)
 
-        return SceneFrames(source, stretches, stop, self.options.speech_blend, sync, sound, delay, spoken[0] if
-                           len(lines) == 1 else None, warnings, progress, should_cancel, mask_sink)
+        return SceneFrames(source, stretches, stop, self.options.speech_blend, sync, sound, delay, placed[0].samples if
+                           len(placed) == 1 else None, warnings, progress, should_cancel, mask_sink)
 
     def plan_split(self, video, audio, *, fps: float | None = None, progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None, anchors: np.ndarray | None = None

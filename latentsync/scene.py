@@ -54,6 +54,15 @@ class Stretch:
         return self.stop - self.first
 
 
+@dataclass(frozen=True)
+class PlacedLine:
+    """A checked line: its speech (16 kHz mono) on video frames [first, stop)."""
+    line: Line
+    samples: np.ndarray
+    first: int
+    stop: int
+
+
 def parse_line(text: str, name: str) -> Line:
     """``AUDIO@START`` or ``AUDIO@START@FACE`` (seconds; the face option's numbers) as a Line; one sentence calling
     it ``name`` otherwise."""
@@ -76,13 +85,13 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def check_lines(lines: list[Line], video_frames: int, fps: Fraction) -> list[np.ndarray]:
-    """Each line's speech (16 kHz mono), after checking the edit list whole: files, starts inside the video, ends
-    before its end, faces, no overlaps. One sentence naming the line otherwise (before any model loads)."""
+def check_lines(lines: list[Line], video_frames: int, fps: Fraction) -> list[PlacedLine]:
+    """Each line with its speech and frames, after checking the edit list whole: files, starts inside the video,
+    ends before its end, faces, no overlaps. One sentence naming the line otherwise (before any model loads)."""
     if not lines:
         raise ValueError("the edit list is empty: give at least one line (AUDIO@START)")
     video_seconds = video_frames / fps
-    spoken, ends = [], []
+    placed = []
     for number, line in enumerate(lines, 1):
         where = f"line {number}" if len(lines) > 1 else "the speech"
         if isinstance(line.audio, (str, Path)) and not Path(line.audio).is_file():
@@ -103,33 +112,30 @@ def check_lines(lines: list[Line], video_frames: int, fps: Fraction) -> list[np.
             raise ValueError(f"{where} lasts {len(samples) / SAMPLE_RATE:.2f} s from {line.start:g} s: it ends after "
                              f"the video ({float(video_seconds):.2f} s)"
                              + (f"; start it by {latest:.2f} s" if latest >= 0 else "; the video is too short for it"))
-        spoken.append(samples)
-        ends.append((first, stop))
-    order = sorted(range(len(lines)), key=lambda i: ends[i][0])
+        placed.append(PlacedLine(line, samples, first, stop))
+    order = sorted(range(len(lines)), key=lambda i: placed[i].first)
     for before, after in zip(order, order[1:]):
-        if ends[after][0] < ends[before][1]:
+        if placed[after].first < placed[before].stop:
             raise ValueError(f"line {after + 1} (from {lines[after].start:g} s) starts before line {before + 1} (from "
-                             f"{lines[before].start:g} s) ends at {float(ends[before][1] / fps):.2f} s: lines must "
-                             "not overlap")
-    return spoken
+                             f"{lines[before].start:g} s) ends at {float(placed[before].stop / fps):.2f} s: lines "
+                             "must not overlap")
+    return placed
 
 
-def plan_stretches(lines: list[Line], spoken: list[np.ndarray], fps: Fraction, options, chunk: int) -> list[Stretch]:
-    """The synced stretches of checked ``lines`` (their speech ``spoken``), in video order: each line whole, or
+def plan_stretches(placed: list[PlacedLine], fps: Fraction, options, chunk: int) -> list[Stretch]:
+    """The synced stretches of checked lines (``check_lines``), in video order: each line whole, or
     (``options.sync_only_speech``) its stretches with speech, padded, widened to the model's ``chunk`` frames where
     shorter and joined where they then touch."""
     stretches = []
-    for number, (line, samples) in enumerate(zip(lines, spoken), 1):
-        first = round(line.start * fps)
-        count = num_video_frames(len(samples), fps)
-        face = options.face if line.face is None else line.face
-        for start, stop in _speech_frames(samples, fps, count, chunk, options):
+    for number, line in enumerate(placed, 1):
+        face = options.face if line.line.face is None else line.line.face
+        for start, stop in _speech_frames(line.samples, fps, line.stop - line.first, chunk, options):
             cut = round(start * SAMPLE_RATE / fps)
             length = math.ceil((stop - start) * SAMPLE_RATE / fps)  # just enough for stop - start frames
-            piece = samples[cut:cut + length]
+            piece = line.samples[cut:cut + length]
             if len(piece) < length:
                 piece = np.pad(piece, (0, length - len(piece)))
-            stretches.append(Stretch(number, first + start, first + stop, piece, face))
+            stretches.append(Stretch(number, line.first + start, line.first + stop, piece, face))
     return sorted(stretches, key=lambda stretch: stretch.first)
 
 

@@ -133,6 +133,12 @@ def _load_file(path: Path) -> np.ndarray:
 
 
 def _load_with_pyav(path: Path) -> np.ndarray:
+    samples = _decoded(path, "s16", "mono", SAMPLE_RATE)
+    return samples.reshape(-1).astype(np.float32) / 32768.0
+
+
+def _decoded(path: Path, sample_format: str, layout: str, rate: int) -> np.ndarray:
+    """The first audio stream of ``path`` resampled by FFmpeg: (channels, samples) in ``sample_format``."""
     import av
 
     try:
@@ -143,19 +149,16 @@ def _load_with_pyav(path: Path) -> np.ndarray:
         if not container.streams.audio:
             raise ValueError(f"{path} has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler = av.AudioResampler(format=sample_format, layout=layout, rate=rate)
         pieces: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
+                pieces.extend(out.to_ndarray() for out in resampler.resample(frame))
+            pieces.extend(out.to_ndarray() for out in resampler.resample(None))
         except Exception as error:
             raise ValueError(f"cannot decode the audio in {path}: {_first_line(error)}") from error
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(pieces).astype(np.float32) / 32768.0
+    channels = 2 if layout == "stereo" else 1
+    return np.concatenate(pieces, axis=1) if pieces else np.zeros((channels, 0), dtype=np.float32)
 
 
 def _load_with_soundfile(path: Path) -> np.ndarray:  # pragma: no cover - only without PyAV
@@ -197,14 +200,7 @@ def load_stereo(source: AudioSource, rate: int = 48000) -> np.ndarray:
     """``source`` (a file, a ComfyUI AUDIO dict or a (waveform, rate) pair) as float32 (2, samples) at ``rate``, for
     mixing into an output's sound: mono in both channels, the first two of more."""
     if isinstance(source, (str, Path)):
-        import av
-
-        with av.open(str(source)) as container:
-            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
-            pieces = [out.to_ndarray() for frame in container.decode(container.streams.audio[0])
-                      for out in resampler.resample(frame)]
-            pieces += [out.to_ndarray() for out in resampler.resample(None)]
-        return np.concatenate(pieces, axis=1).astype(np.float32)
+        return _decoded(Path(source), "fltp", "stereo", rate).astype(np.float32)
     waveform, source_rate = (source["waveform"], source["sample_rate"]) if isinstance(source, Mapping) else source
     array = _as_float_array(waveform)
     array = array[0] if array.ndim == 3 else array[None] if array.ndim == 1 else array
