@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentsync import batch
+from latentsync.batch import jobs as jobs_file
+from latentsync.batch.manifest import Manifest, manifest_path
 from latentsync.cli import main
 from latentsync.paths import disk_full_sentence
 from latentsync.video import MediaError, check_audio_file, variable_frame_rate
@@ -137,26 +138,26 @@ def test_json_jobs_errors(tmp_path, capsys, line, expected):
 ])
 def test_jobs_file_as_spreadsheets_write_it(tmp_path, encode):
     path = write_jobs(tmp_path, encode("video,audio,output,steps\na.mp4,a.wav,o.mp4,2\n"))
-    [job] = batch.read_jobs(path, {"steps"})
+    [job] = jobs_file.read_jobs(path, {"steps"})
     assert (job.video.name, job.audio.name, job.output.name) == ("a.mp4", "a.wav", "o.mp4")
     assert job.where == "jobs.csv line 2"
-    assert batch.COLUMNS["steps"].parse(job.cells["steps"], job.where) == 2
+    assert jobs_file.COLUMNS["steps"].parse(job.cells["steps"], job.where) == 2
 
 
 def test_dubbing_columns_and_records_that_predate_them(tmp_path):
-    from latentsync.jobs import settle
-    from latentsync.manifest import same_settings
+    from latentsync.batch.jobs import settle
+    from latentsync.batch.manifest import same_settings
     from latentsync.options import LOAD, RUN
 
     path = write_jobs(tmp_path, b"video,audio,output,audio_start,when_video_is_longer,when_audio_is_longer,"
                                 b"mouth_feather,audio_context\na.mp4,a.wav,o.mkv,1.5,keep,hold,8,seamless\n")
     defaults = {option.field: option.default for option in (*LOAD.values(), *RUN.values())}
-    [job] = batch.read_jobs(path)
+    [job] = jobs_file.read_jobs(path)
     job = settle(job, dict(defaults, codec="ffv1"), {"checkpoints": None, "unet_config": None, "device": "cpu"})
     options = job.options
     assert (options.audio_start, options.when_video_is_longer, options.when_audio_is_longer, options.mouth_feather,
             options.audio_context) == (1.5, "keep", "hold", 8, "seamless")
-    [bad] = batch.read_jobs(write_jobs(tmp_path, b"video,audio,output,when_audio_is_longer\na,b,c.mp4,bounce\n"))
+    [bad] = jobs_file.read_jobs(write_jobs(tmp_path, b"video,audio,output,when_audio_is_longer\na,b,c.mp4,bounce\n"))
     with pytest.raises(ValueError, match="column when_audio_is_longer must be one of pingpong, loop, hold"):
         settle(bad, defaults, {"checkpoints": None, "unet_config": None, "device": "cpu"})
     # a record written before these options existed made its output with their defaults: still complete
@@ -164,7 +165,7 @@ def test_dubbing_columns_and_records_that_predate_them(tmp_path):
     older = {name: value for name, value in settings.items() if name not in (
         "audio_start", "when_video_is_longer", "when_audio_is_longer", "mouth_feather", "audio_context")}
     assert same_settings(settings, settings) and not same_settings(older, settings)
-    plain = settle(batch.read_jobs(write_jobs(tmp_path, b"video,audio,output\na.mp4,a.wav,o.mkv\n"))[0],
+    plain = settle(jobs_file.read_jobs(write_jobs(tmp_path, b"video,audio,output\na.mp4,a.wav,o.mkv\n"))[0],
                    dict(defaults, codec="ffv1"), {"checkpoints": None, "unet_config": None, "device": "cpu"})
     older = {name: value for name, value in plain.settings().items() if name != "audio_context"}
     assert same_settings(older, plain.settings())
@@ -179,7 +180,7 @@ def test_jobs_file_that_is_not_text(tmp_path, capsys):
 def test_json_array_of_jobs(tmp_path):
     path = write_jobs(tmp_path, json.dumps([{"video": "a.mp4", "audio": "a.wav", "output": f"{i}.mp4"}
                                             for i in range(2)]), "jobs.json")
-    assert [job.output.name for job in batch.read_jobs(path, set())] == ["0.mp4", "1.mp4"]
+    assert [job.output.name for job in jobs_file.read_jobs(path, set())] == ["0.mp4", "1.mp4"]
 
 
 # -- 4, 6. the manifest -----------------------------------------------------------------------------------------
@@ -213,13 +214,13 @@ def test_manifest_lines_that_are_not_records_are_skipped_and_counted(tmp_path, c
     lines = manifest.read_bytes().split(b"\n")
     assert lines[5] == b"{\"job\": 1, \"video\": \"cut sho"  # untouched, and the new record on its own line
     assert json.loads(lines[6])["status"] == "failed" and lines[7] == b""
-    again = batch.Manifest(manifest).open()
+    again = Manifest(manifest).open()
     assert list(again.done_records()) == [str(tmp_path / "x.mp4")] and again.unreadable == 5
     again.close()
 
 
 def test_a_record_a_full_disk_refuses_is_kept_for_the_next_append(tmp_path):
-    manifest = batch.Manifest(tmp_path / "m.jsonl").open()
+    manifest = Manifest(tmp_path / "m.jsonl").open()
     real = manifest._handle
     manifest._handle = open("/dev/full", "a+b", buffering=0)  # every write: ENOSPC
     manifest.append({"output": "a", "status": "done"})
@@ -234,12 +235,12 @@ def test_a_record_a_full_disk_refuses_is_kept_for_the_next_append(tmp_path):
 
 def test_a_second_batch_on_the_same_manifest_stops_at_once(tmp_path, capsys):
     jobs = failing_job(tmp_path)
-    with batch.Manifest(batch.manifest_path(jobs)):  # another batch command holds it
+    with Manifest(manifest_path(jobs)):  # another batch command holds it
         started = time.monotonic()
         message = one_sentence(*run_cli(capsys, "batch", str(jobs), "--quiet"))
         assert "another batch command is running the jobs of the manifest" in message
         assert time.monotonic() - started < 10
-    assert batch.manifest_path(jobs).read_text() == ""  # the second one recorded nothing
+    assert manifest_path(jobs).read_text() == ""  # the second one recorded nothing
 
 
 # -- 7. Ray flags ------------------------------------------------------------------------------------------------
@@ -416,8 +417,8 @@ def test_resume_redoes_an_output_cut_short(tmp_path):
     redone; the same file whole is complete."""
     import av
 
-    from latentsync.jobs import Job
-    from latentsync.manifest import is_complete, job_record
+    from latentsync.batch.jobs import Job
+    from latentsync.batch.manifest import is_complete, job_record
 
     out = tmp_path / "o.mp4"
     with av.open(str(out), "w") as container:
@@ -488,7 +489,7 @@ def test_temporary_names_of_a_long_output_stay_short(tmp_path):
 def test_an_audio_start_past_the_video_says_the_last_that_works():
     from fractions import Fraction as F
 
-    from latentsync.cli import in_flags
+    from latentsync.command import in_flags
     from latentsync.options import PipelineOptions
     from latentsync.timeline import plan_timeline
 
@@ -526,7 +527,7 @@ def test_a_ray_address_that_is_not_a_ray_head_is_one_sentence_in_seconds(tmp_pat
 
 
 def test_a_stage_only_announced_leaves_no_bar_at_zero(capsys):
-    from latentsync.cli import TqdmProgress
+    from latentsync.command import TqdmProgress
 
     progress = TqdmProgress(True)
     progress("detect faces", 0, 50)
@@ -565,14 +566,14 @@ def test_a_killed_batchs_local_cluster_is_ended_by_the_next_batch(tmp_path, monk
 
     import psutil
 
-    from latentsync import local_cluster
+    from latentsync.batch import local_cluster
 
     monkeypatch.setenv("LATENTSYNC_CACHE", str(tmp_path / "cache"))
     session = tmp_path / "session"
     session.mkdir()
     driver = subprocess.Popen([sys.executable, "-c", f"""
 import subprocess, sys, time
-from latentsync import local_cluster
+from latentsync.batch import local_cluster
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 local_cluster.remember({str(session)!r})
 print("ready", flush=True)

@@ -198,7 +198,7 @@ def test_a_jobs_file_runs_a_scene_from_its_lines_column(setup, media_dir, tmp_pa
 
 
 def test_a_jobs_file_row_with_audio_and_lines_is_refused(tmp_path):
-    from latentsync import jobs as jobs_file
+    from latentsync.batch import jobs as jobs_file
 
     table = tmp_path / "jobs.csv"
     table.write_text("video,audio,output,lines\nv.mp4,a.wav,o.mp4,a.wav@1\n")

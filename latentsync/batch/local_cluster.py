@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from .paths import user_cache
+from ..paths import user_cache
 
 log = logging.getLogger("latentsync.batch")
 

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import VERSIONS
-from .errors import JobsFileError
-from .model_set import ModelChoice
-from .options import LOAD, RUN, PipelineOptions, output_fields, pipeline_options
-from .paths import check_not_an_input, check_output_name
+from ..checkpoints import VERSIONS
+from ..errors import JobsFileError
+from ..model_set import ModelChoice
+from ..options import LOAD, RUN, PipelineOptions, output_fields, pipeline_options
+from ..paths import check_not_an_input, check_output_name
 
 JOB_FIELDS = ("video", "audio", "output")
 LINES = "lines"  # instead of audio: a scene's edit list, AUDIO@START[@FACE] items separated by ';'
@@ -196,7 +196,7 @@ def _check_header(path: Path, line: int, cells: list[str]) -> None:
 
 def _scene_lines(cell: str, folder: Path, where: str) -> tuple:
     """A ``lines`` cell's lines, their audio resolved from ``folder``; one sentence naming the item otherwise."""
-    from .scene import Line, parse_line
+    from ..scene import Line, parse_line
 
     lines = []
     for number, item in enumerate((item for item in cell.split(";") if item.strip()), 1):

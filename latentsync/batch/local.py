@@ -1,40 +1,26 @@
-"""``python -m latentsync batch JOBS``: many lip-sync jobs in this process, models loaded once, resumable.
-
-JOBS is a CSV file (a header row; UTF-8, with or without Excel's byte-order mark, or UTF-16) or JSON Lines (one
-object per line; a .json file may also hold one array of objects) with ``video``, ``audio`` and ``output`` per job,
-plus any run option of the command line by its long name (``steps``, ``seed``, ``guidance``, ``face``, ...; the
-command line's own values are the defaults). Relative paths are taken from the jobs file's folder. The whole file is
-checked before any work: a wrong value, two jobs writing one output, or an output that is some job's input is one
-sentence naming the line and the column.
-
-Every finished job appends one record to the manifest (JSON Lines; default: beside the jobs file): status (done or
-failed), frames, seconds, frames without a face, the error sentence of a failed job, and the settings that made the
-output. A failing job never stops the others. Running the same command again skips every job whose output is
-complete (a done record with the job's current settings and the file with that many frames) and redoes the rest,
-so an interrupted batch loses at most the job in flight, and an edited row is redone. One batch at a time holds a
-manifest: a second command on the same jobs stops at once and says so.
-"""
+"""The jobs of a batch run one after another in this process: each checked, run and recorded."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from .jobs import COLUMNS, Job, read_jobs, settle  # noqa: F401 (the batch's jobs file)
-from .manifest import Manifest, is_complete, job_record, manifest_path  # noqa: F401 (its record)
-from .errors import sentence_of
-from .tempfiles import output_prefix, remove_stale
+from ..errors import sentence_of
+from ..tempfiles import output_prefix, remove_stale
+from .jobs import Job
+from .manifest import Manifest, is_complete, job_record
+
 
 def check_job(job: Job) -> None:
     """What can be known about a job before any model loads: its inputs readable (the audio with sound), its
     output's folder writable. Raises the sentence its record keeps."""
-    from .paths import writable_folder
-    from .video import check_audio_file, probe_video
+    from ..paths import writable_folder
+    from ..video import check_audio_file, probe_video
 
     _require_inputs(job)
     info = probe_video(job.video)
     if job.lines:
-        from .scene import check_lines
+        from ..scene import check_lines
 
         check_lines(list(job.lines), int(info.num_frames), info.fps)
     else:
@@ -74,7 +60,7 @@ class JobRunner:
 
     def frames_to_track(self, job: Job) -> int:
         """How many frames the job's face track covers (``--split`` shares their detection among workers)."""
-        from .split import frames_to_track
+        from ..split import frames_to_track
 
         _require_inputs(job)
         return frames_to_track(job.options, job.video, job.audio)
@@ -93,7 +79,7 @@ class JobRunner:
         return result.num_frames, result.frames_without_face
 
     def _pipeline(self, job: Job):
-        from .pipeline import LipSyncPipeline
+        from ..pipeline import LipSyncPipeline
 
         _require_inputs(job)  # again on the worker: it may see other files than the driver
         if job.models not in self.models:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ManifestError
+from ..errors import ManifestError
 from .jobs import Job
 
 RECORD_START = b'{"job": '  # how every record's line begins (``job_record``)
@@ -113,7 +113,7 @@ def _is_record(record) -> bool:
 def check_manifest_path(path: str | Path, jobs_file: str | Path, jobs: list[Job]) -> None:
     """Refuse a manifest that is the jobs file or a job's input or output (records would be appended to it): the
     same path after links, or the same file."""
-    from .paths import same_file
+    from ..paths import same_file
 
     if same_file(path, jobs_file):
         raise ManifestError(f"--manifest {path} is the jobs file: records would be appended to it; give the manifest "
@@ -147,7 +147,7 @@ def _try_lock(handle) -> bool:
 
 def is_complete(job: Job, record: dict | None) -> bool:
     """A done record for the same inputs and settings, and the output file there with that many frames."""
-    from .video import MediaError, count_frames
+    from ..video import MediaError, count_frames
 
     if record is None or record.get("video") != str(job.video) or record.get("audio") != str(job.audio):
         return False
@@ -164,7 +164,7 @@ def is_complete(job: Job, record: dict | None) -> bool:
 def same_settings(recorded: dict | None, settings: dict) -> bool:
     """Whether a record's settings are ``settings``; an option the record predates counts as its default (which is
     what made that output), so a new option does not redo finished work."""
-    from .options import LOAD, RUN
+    from ..options import LOAD, RUN
 
     if recorded is None or set(recorded) - set(settings):
         return False

@@ -16,11 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-from .batch import JobRunner, job_record, sentence, start_jobs
+from ..tempfiles import output_prefix, owned_name, remove_stale
 from . import local_cluster
 from .jobs import Job
-from .manifest import Manifest
-from .tempfiles import output_prefix, owned_name, remove_stale
+from .local import JobRunner, sentence, start_jobs
+from .manifest import Manifest, job_record
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -219,7 +219,7 @@ def run_split_job(cluster: RayWorkers, job: Job) -> dict:
     run's batch of frames, its generator replayed to the segment's start) and encodes it; the driver joins the
     segments without re-encoding and muxes the audio once. The segments live in a hidden folder beside the output,
     removed whatever happens."""
-    from .video import join_videos
+    from ..video import join_videos
 
     if job.lines or job.options.sync_only_speech:  # a scene runs whole: its stretches are runs of their own
         worker = cluster.free[0]
