@@ -29,13 +29,16 @@ class Outputs(NamedTuple):
 
 
 def run(model, audio, video, images, fps: float, choices: dict, wanted: Wanted, node_id: str | None) -> Outputs:
-    from ..latentsync.pipeline import Cancelled, LipSyncPipeline
+    from ..latentsync.errors import Cancelled
+    from ..latentsync.pipeline import LipSyncPipeline
 
     options = PipelineOptions.from_node(choices, hard_vram_cap=False)  # ComfyUI owns the GPU's memory policy
     path, filename, subfolder = media.new_video_path() if wanted.file else (None, None, None)
     progress = NodeProgress(node_id)
+    media.check_audio(audio)
+    outputs = media.OutputsInRam(wanted.frames, wanted.mouth_mask)  # sized by the run, before its first frame
+    frames, masks = outputs.frames, outputs.mouth_mask
     with media.video_frames(video, images, fps) as (frames_in, frame_rate), media.named_as_chosen(frames_in):
-        frames, masks = _collectors(wanted, options, audio, frames_in, frame_rate)
         try:
             progress("models to the device", 0, 1)
             with model.in_use(release_after=options.memory_mode == "aggressive") as models:
@@ -55,7 +58,7 @@ def run(model, audio, video, images, fps: float, choices: dict, wanted: Wanted, 
             raise
     progress.finish(_outcome(result), result.warnings)
     media.RESULTS.keep(node_id, path)  # and the node's earlier result, no longer served, is removed
-    sound = media.placed_audio(audio, result.audio_delay, float(result.num_frames / result.fps))
+    sound = audio if result.sound is None else {**audio, "waveform": result.sound[0]}  # placed by the run
     frames_out = frames.result() if frames is not None else ExecutionBlocker(
         "LatentSync Lip Sync returns frames only when asked for: set its output_mode to frames or auto")
     mask_out = masks.result() if masks is not None else ExecutionBlocker(
@@ -64,34 +67,9 @@ def run(model, audio, video, images, fps: float, choices: dict, wanted: Wanted, 
     return Outputs(video_out, sound, frames_out, mask_out, media.video_preview(filename, subfolder))
 
 
-def _collectors(wanted: Wanted, options, audio, frames_in, frame_rate) -> tuple:
-    """The IMAGE and MASK collectors asked for (None for the others), after checking that they fit in RAM (one
-    clear sentence before any work, rather than a machine that swaps for minutes)."""
-    if not (wanted.frames or wanted.mouth_mask):
-        return None, None
-    from ..latentsync.memory_limiter import frames_ram_shortfall
-    from ..latentsync.timeline import expected_frames
-    from ..latentsync.video import probe_video
-
-    if frame_rate is None:  # a file: its own size, length and rate
-        info = probe_video(frames_in)
-        height, width, count, frame_rate = info.height, info.width, info.num_frames, info.fps
-    else:
-        count, height, width = (int(size) for size in frames_in.shape[:3])
-    count = expected_frames(options, count, frame_rate, media.audio_seconds(audio))
-    names = [name for name, on in (("frames", wanted.frames), ("mouth_mask", wanted.mouth_mask)) if on]
-    shortfall = frames_ram_shortfall(count, height, width, channels=3 * wanted.frames + wanted.mouth_mask)
-    if shortfall:
-        raise MemoryError(f"the {' and '.join(names)} output would take {shortfall}: disconnect "
-                          f"{' and '.join(names)} and use the video output"
-                          + (", or set output_mode to video_file" if wanted.frames else ""))
-    return (media.FrameCollector(count + 1) if wanted.frames else None,
-            media.FrameCollector(count + 1) if wanted.mouth_mask else None)
-
-
 def _outcome(result) -> str:
     """The node's closing text: frames made, and those without a face."""
-    text = f"done: {result.num_frames} frame{'s' if result.num_frames != 1 else ''}"
+    text = f"done: {result.output_frames} frame{'s' if result.output_frames != 1 else ''}"
     if result.frames_without_face:
         text += f", {result.frames_without_face} without a face passed through"
     return text

@@ -131,46 +131,58 @@ def video_preview(filename: str | None, subfolder: str | None):
     return ui.PreviewVideo([ui.SavedResult(filename, subfolder, io.FolderType.temp)])
 
 
-def audio_seconds(audio) -> float:
-    """The duration of ComfyUI AUDIO {"waveform": (batch, channels, samples), "sample_rate": int}, checked."""
+def check_audio(audio) -> None:
+    """ComfyUI AUDIO {"waveform": (batch, channels, samples), "sample_rate": int} with sound, or one sentence."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise ValueError("audio must be ComfyUI AUDIO: a dict with 'waveform' (batch, channels, samples) and "
                          "'sample_rate' (connect Load Audio)")
     shape, rate = tuple(getattr(audio["waveform"], "shape", ())), int(audio["sample_rate"])
     if not shape or shape[-1] == 0 or rate <= 0:
         raise ValueError(f"the audio is empty or has no sample rate (waveform {shape}, sample_rate {rate})")
-    return shape[-1] / rate
 
 
-def placed_audio(audio, delay: float | None, seconds: float):
-    """The AUDIO of an output: the speech as it is (``delay`` None), or after ``delay`` seconds of silence and
-    padded with silence to ``seconds`` (the library's ``RunResult.audio_delay``)."""
-    if delay is None:
-        return audio
-    from ..latentsync.audio import placed
+class OutputsInRam:
+    """The IMAGE and MASK outputs asked for, as frame and mask sinks that fill one preallocated float32 tensor each
+    (no list of frames, no second copy). Told the run's size before its first frame, they check that both fit in
+    the free RAM together: one clear sentence rather than a machine that swaps for minutes."""
 
-    return {**audio, "waveform": placed(audio["waveform"], int(audio["sample_rate"]), delay, seconds)}
+    def __init__(self, frames: bool, mouth_mask: bool):
+        self.frames = FrameCollector(self, channels=3) if frames else None
+        self.mouth_mask = FrameCollector(self, channels=1) if mouth_mask else None
+        self.checked = False
+
+    def check(self, count: int, height: int, width: int) -> None:
+        if self.checked:
+            return
+        from ..latentsync.memory_limiter import frames_ram_shortfall
+
+        self.checked = True
+        names = [name for name in ("frames", "mouth_mask") if getattr(self, name) is not None]
+        channels = sum(getattr(self, name).channels for name in names)
+        shortfall = frames_ram_shortfall(count, height, width, channels=channels)
+        if shortfall:
+            raise MemoryError(f"the {' and '.join(names)} output would take {shortfall}: disconnect "
+                              f"{' and '.join(names)} and use the video output"
+                              + (", or set output_mode to video_file" if self.frames is not None else ""))
 
 
 class FrameCollector:
-    """frame_sink (or mask_sink) -> one preallocated float32 IMAGE (or MASK) tensor (no list of frames, no second
-    copy)."""
+    """A frame sink (or mask sink) that fills one float32 IMAGE (or MASK) tensor, allocated when the run tells its
+    size (``start``)."""
 
-    def __init__(self, expected: int):
-        self.expected = max(1, expected)
+    def __init__(self, outputs: OutputsInRam, channels: int):
+        self.outputs, self.channels = outputs, channels
         self.frames = None
         self.count = 0
 
+    def start(self, count: int, height: int, width: int) -> None:
+        self.outputs.check(count, height, width)
+        shape = (count, height, width, 3) if self.channels == 3 else (count, height, width)
+        self.frames = torch.empty(shape, dtype=torch.float32)
+
     def __call__(self, batch) -> None:
-        batch = torch.from_numpy(batch)
         n = batch.shape[0]
-        if self.frames is None:
-            self.frames = torch.empty((self.expected, *batch.shape[1:]), dtype=torch.float32)
-        if self.count + n > self.frames.shape[0]:  # the estimate was short (rare): grow once, with headroom
-            grown = torch.empty((self.count + n + 16, *self.frames.shape[1:]), dtype=torch.float32)
-            grown[:self.count] = self.frames[:self.count]
-            self.frames = grown
-        self.frames[self.count:self.count + n] = batch.to(torch.float32).div_(255.0)
+        self.frames[self.count:self.count + n] = torch.from_numpy(batch).to(torch.float32).div_(255.0)
         self.count += n
 
     def result(self):

@@ -10,7 +10,7 @@ Importing this package is cheap; heavy modules (torch models, whisper, face dete
 
 from __future__ import annotations
 
-from .lazy import lazy_exports
+import importlib
 
 __version__ = "0.4.0"  # pyproject.toml's [project] version
 
@@ -24,4 +24,10 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+
+def __getattr__(name: str):
+    """The exports, imported on first use: every front imports a submodule (``latentsync.options`` first), which
+    runs this file, and plain imports here would load torch and the pipeline before a flag is checked."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,18 +103,8 @@ def variable_rate_warning(video: Path) -> str | None:
 
 
 def entry() -> None:
-    """The command's process (``python -m latentsync``, the ``latentsync`` script), set up as only the process's
-    owner may: torch.compile's code cache in the user's cache folder (``compile``) rather than in TMPDIR, which a run
-    leaves as it found it, unless the user chose one; and two C heap arenas for all threads (glibc), so what a group
-    frees is found again by the next instead of piling up in one arena per thread (RSS then stays flat with the
-    frame count; the engine also trims the heap after each group). Then ``main``."""
-    from .paths import user_cache
-
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "inductor"))
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, HEAP_ARENAS)
-    except (OSError, AttributeError):  # not glibc: its allocator is left as it is
-        pass
+    """The command's process (``python -m latentsync``, the ``latentsync`` script): ``own_process``, then ``main``."""
+    own_process()
     code = main()
     from .engine.threads import stages_running
 
@@ -123,6 +113,21 @@ def entry() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def own_process() -> None:
+    """What only the process's owner may set, before torch loads: torch.compile's code cache in the user's cache
+    folder (``compile``) rather than in TMPDIR, which a run leaves as it found it, unless the user chose one; and
+    two C heap arenas for all threads (glibc), so what a group frees is found again by the next instead of piling up
+    in one arena per thread (RSS then stays flat with the frame count; the engine also trims the heap after each
+    group)."""
+    from .paths import user_cache
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "inductor"))
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, HEAP_ARENAS)
+    except (OSError, AttributeError):  # not glibc: its allocator is left as it is
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {in_flags(sentence_of(error))}", file=sys.stderr)
         return 1
     progress.close()
-    print(f"wrote {result.output_path} ({result.num_frames} frames at {float(result.fps):.3f} fps"
+    print(f"wrote {result.output_path} ({result.output_frames} frames at {float(result.fps):.3f} fps"
           + (f", {result.frames_without_face} frames without a face passed through" if result.frames_without_face
              else "") + ")")
     return 0

@@ -82,7 +82,7 @@ class LipSyncModels:
 
     def use_attention(self, mode: str, lip_focus: float = 1.0) -> str:
         """Give the UNet the attention backend for ``mode`` (kept when it is already the one in use); its name."""
-        from .attention import create_backend
+        from .attention.selection import create_backend
 
         if self._attention is None or self._attention[:2] != (mode, lip_focus):
             mouth = torch.from_numpy(load_mouth_mask(self.resolution)[0].copy()) < 0.5
@@ -112,7 +112,7 @@ class LipSyncModels:
     def face_detector(self, name: str, on_gpu: bool = True):
         """The face detector ``name`` (created once per model set and place; never downloads anything); ``on_gpu``
         False: on the CPU whatever the run's device (the memory tiers that keep the GPU for the UNet)."""
-        from .face import create_detector
+        from .face.detectors import create_detector
 
         device = str(self.device) if on_gpu else "cpu"
         if (name, device) not in self._detectors:

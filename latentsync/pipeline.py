@@ -24,7 +24,6 @@ from . import split
 from .engine.control import Progress
 from .engine.plan import plan_run
 from .engine.run import RunResult, SyncedFrames
-from .errors import Cancelled  # noqa: F401 (the cancel callers catch; raised by the engine)
 from .memory_limiter import vram_cap
 from .model_set import LipSyncModels
 from .options import PipelineOptions
@@ -58,8 +57,10 @@ class LipSyncPipeline:
         edge feathered over ``mask_feather`` crop pixels (default: the options' mouth_feather, as pasted)."""
         started = time.perf_counter()
         report = progress or (lambda *_: None)
+        # 1. plan: the inputs probed, the speech placed in the video (timeline), the memory plan
         report("read video and audio", 0, 1)
         plan = plan_run(self.models, self.options, video, audio, fps, segment)
+        # 2. audio features: Whisper over the whole speech (windows are cut per group by the synthesis stage)
         report("audio features", 0, 1)
         features = self.models.audio_encoder.features(plan.samples,
                                                       seamless=self.options.audio_context == "seamless")
@@ -68,6 +69,8 @@ class LipSyncPipeline:
             self.models.audio_encoder.offload()
         wanted = self.options.attention
         used = self.models.use_attention(wanted, self.options.lip_focus)  # before the run: its compiled calls use it
+        # 3-5. the stages, started when the run is iterated: align (decode, detect, warp) -> synthesise (VAE + UNet)
+        # -> restore (paste back); 6. write: ``run`` (a file and/or a frame sink)
         run = SyncedFrames(self.models, self.options, plan, features, overlap=self.overlap, progress=progress,
                            should_cancel=should_cancel, mask_sink=mask_sink, mask_feather=mask_feather)
         if segment is None:  # (a segment's run is one part of a run that checks it once)
@@ -126,10 +129,6 @@ class LipSyncPipeline:
         return split.plan_split(self.models, self.options, video, audio, fps=fps, progress=progress,
                                 should_cancel=should_cancel, anchors=anchors)
 
-    def frames_to_track(self, video, audio, *, fps: float | None = None) -> int:
-        """``latentsync.split.frames_to_track`` with these options."""
-        return split.frames_to_track(self.options, video, audio, fps)
-
     def detect_faces(self, video, start: int, stop: int, *, fps: float | None = None,
                      should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """``latentsync.split.detect_faces`` with these models and options."""
@@ -141,7 +140,9 @@ class LipSyncPipeline:
             mask_sink: Callable[[np.ndarray], None] | None = None) -> RunResult:
         """Lip-sync and deliver: a video at ``output_path`` (the options' codec) with the audio muxed in (written
         atomically; placed at ``audio_start`` and padded with silence where the options keep video around it),
-        and/or every batch to ``frame_sink`` (a copy it may keep); at least one of the two.
+        and/or every batch to ``frame_sink`` (a copy it may keep); at least one of the two. A sink (``frame_sink``,
+        ``mask_sink``) with a ``start(frames, height, width)`` method is told the output's size first, once the run
+        is planned: to preallocate, or to refuse with its own error before a frame is made.
 
         ``audio``: a speech track, or a list of ``latentsync.scene.Line`` (a scene: ``scene``); with
         ``sync_only_speech`` the speech is a scene of one line, at ``audio_start``.
@@ -170,7 +171,7 @@ class LipSyncPipeline:
                                  segment=segment, mask_sink=mask_sink)
         try:
             return self._deliver(synced, synced.sound if lines is not None else audio, output_path, frame_sink,
-                                 muxed=segment is None)
+                                 mask_sink, muxed=segment is None)
         except (OSError, ValueError) as error:  # MediaError is a ValueError: ffmpeg's "No space left on device"
             full = disk_full_sentence(error, [Path(output_path).parent] if output_path is not None else [],
                                       temp_folder)
@@ -178,26 +179,38 @@ class LipSyncPipeline:
                 raise
             raise OSError(errno.ENOSPC, full) from error
 
-    def _deliver(self, synced: SyncedFrames | SceneFrames, audio, output_path, frame_sink, muxed: bool
+    def _deliver(self, synced: SyncedFrames | SceneFrames, audio, output_path, frame_sink, mask_sink, muxed: bool
                  ) -> RunResult:
         from .video import VideoWriter, video_encoder
 
+        for sink in (frame_sink, mask_sink):
+            if hasattr(sink, "start"):
+                sink.start(synced.output_frames, synced.height, synced.width)
+        delay, sound = synced.audio_delay, None
+        if delay is not None and not isinstance(audio, (str, Path)):  # placed here once, for the file and the caller
+            from .audio import placed
+
+            waveform, rate = _waveform_and_rate(audio, synced.samples)
+            sound = placed(waveform, rate, delay, float(synced.output_frames / synced.fps)), rate
+            audio, delay = sound, None  # (a file's speech is placed by the encoder: no decoded copy in memory)
         with contextlib.ExitStack() as stack:
             writer = None
             if output_path is not None:
-                sound = self._audio_file(audio, synced.samples, stack) if muxed else None
+                muxed_audio = self._audio_file(audio, synced.samples, stack) if muxed else None
                 writer = stack.enter_context(VideoWriter(output_path, synced.width, synced.height, synced.fps,
-                                                         audio=sound, encoder=video_encoder(self.options.codec),
-                                                         audio_delay=synced.audio_delay))
+                                                         audio=muxed_audio, encoder=video_encoder(self.options.codec),
+                                                         audio_delay=delay))
             if synced.memory is not None:  # (a scene without a stretch to sync runs no model)
                 stack.enter_context(vram_cap(synced.memory, self.models.device, enabled=self.options.hard_vram_cap))
+            # 6. write: every batch the stages (3-5) make, to the encoder and/or the sink
             for batch in stack.enter_context(contextlib.closing(iter(synced))):  # closed first: threads stop
                 if writer is not None:
                     with synced.times.measure("encode"):
                         writer.write(batch)
                 if frame_sink is not None:
                     frame_sink(batch.copy())
-        return synced.result(None if output_path is None else Path(output_path))
+        result = synced.result(None if output_path is None else Path(output_path))
+        return dataclasses.replace(result, sound=sound) if sound is not None else result
 
     def _audio_file(self, audio, samples: np.ndarray, stack: contextlib.ExitStack) -> Path:
         """The audio to mux: its file, or in-memory audio written to a private temp wav at its own rate."""

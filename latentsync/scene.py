@@ -177,12 +177,13 @@ class SceneFrames:
     ``sound`` and ``audio_delay``: what the output's sound is made of (as ``LipSyncPipeline.run`` muxes it).
     ``mask_sink``: each batch's mouth weight, uint8 (n, H, W), before the batch (0 outside the stretches)."""
 
-    def __init__(self, video: FrameSource, stretches: list[Stretch], stop: int, blend: int, sync: Callable,
+    def __init__(self, video: FrameSource, stretches: list[Stretch], output_frames: int, blend: int, sync: Callable,
                  sound, audio_delay: float | None, samples: np.ndarray | None, warnings: list[str],
                  progress=None, should_cancel=None, mask_sink=None, batch: int = 16):
         from .engine.threads import StageTimes
 
-        self.video, self.stretches, self.stop, self.blend, self.sync = video, stretches, stop, blend, sync
+        self.video, self.stretches, self.blend, self.sync = video, stretches, blend, sync
+        self.output_frames = output_frames  # the video's frames from its first to the last line's end, or its end
         self.sound, self.audio_delay, self.samples = sound, audio_delay, samples
         self.warnings = list(warnings)
         for warning in warnings:
@@ -210,7 +211,7 @@ class SceneFrames:
             yield from self._passed(position, stretch.first)
             yield from self._synced(number, stretch)
             position = stretch.stop
-        yield from self._passed(position, self.stop)
+        yield from self._passed(position, self.output_frames)
 
     def _new_run(self, stretch: Stretch) -> tuple:
         masks: list[np.ndarray] = []
@@ -218,7 +219,7 @@ class SceneFrames:
 
         def progress(stage: str, done: float, total: int) -> None:  # one count over the scene's output frames
             if stage.startswith("lip-sync"):
-                self.report(stage, offset + done, self.stop)
+                self.report(stage, offset + done, self.output_frames)
 
         return masks, self.sync(stretch, progress, masks.append)
 
@@ -234,14 +235,14 @@ class SceneFrames:
                 if self.mask_sink is not None:
                     self.mask_sink(np.zeros(batch.shape[:3], dtype=np.uint8))
                 yield batch
-                self.report("lip-sync", position + len(batch), self.stop)
+                self.report("lip-sync", position + len(batch), self.output_frames)
         finally:
             batches.close()
 
     def _synced(self, number: int, stretch: Stretch) -> Iterator[np.ndarray]:
         prepared, self._prepared = self._prepared if number == 0 else None, None
         masks, run = prepared or self._new_run(stretch)
-        at_start, at_end = stretch.first > 0, stretch.stop < self.stop
+        at_start, at_end = stretch.first > 0, stretch.stop < self.output_frames
         position = 0
         for batch in self._named(run, stretch):
             mask = masks.pop(0)
@@ -287,7 +288,7 @@ class SceneFrames:
         seconds["total"] = time.perf_counter() - self._started
         warnings = list(dict.fromkeys([*self.warnings, *(warning for result in results
                                                           for warning in result.warnings)]))
-        return RunResult(output_path, self.stop, self.fps, sum(r.frames_without_face for r in results),
+        return RunResult(output_path, self.output_frames, self.fps, sum(r.frames_without_face for r in results),
                          results[0].plan if results else None, seconds, warnings, self.audio_delay)
 
 

@@ -21,9 +21,8 @@ import numpy as np
 
 from .engine.align import FaceAligner, run_aligner
 from .engine.control import Progress, RunBatches, check_cancel, spans
-from .engine.plan import frames_to_track as _frames_to_track
-from .engine.plan import plan_run, speech_frames
-from .face import FaceStage, FaceTrack, no_face_error
+from .engine.plan import open_inputs, plan_run
+from .face.stage import FaceStage, FaceTrack, no_face_error
 from .frames import frames_between, frames_from, open_source
 from .memory_limiter import Batches
 from .timeline import Timeline, lead_frames, plan_timeline
@@ -55,8 +54,7 @@ class SplitPlan:
     batches: Batches
 
     @property
-    def num_frames(self) -> int:
-        """Output frames."""
+    def output_frames(self) -> int:
         return self.timeline.total
 
     @property
@@ -71,16 +69,15 @@ class SplitPlan:
         groups = -(-speech // self.group_frames)
         parts = max(1, min(parts, groups))
         cuts = [0] + [lead + round(k * groups / parts) * self.group_frames for k in range(1, parts)] + [
-            self.num_frames]
+            self.output_frames]
         return [Segment(a, b, self.track, self.batches) for a, b in zip(cuts, cuts[1:])]
 
 
 def frames_to_track(options, video, audio, fps: float | None = None) -> int:
     """How many source frames a run with ``options`` aligns (and ``plan_split`` wants anchors for), from its speech's
     first frame (``audio_start``) on: all of them when the speech outlasts the video, else as many as it lasts."""
-    source, _, speech = speech_frames(video, audio, fps)
-    timeline = plan_timeline(options, source.num_frames, source.fps, speech)
-    return _frames_to_track(timeline.span, speech)
+    source, _, speech = open_inputs(video, audio, fps)
+    return plan_timeline(options, source.num_frames, source.fps, speech).frames_to_track
 
 
 def detect_faces(models, options, video, start: int, stop: int, *, fps: float | None = None,
@@ -117,7 +114,7 @@ def plan_split(models, options, video, audio, *, fps: float | None = None, progr
     ``anchors``: the detections of every frame to track, from ``detect_faces`` over parts of the clip; only the
     smoothing is left to do then, and no frame is decoded."""
     plan = plan_run(models, options, video, audio, fps)
-    count = plan.frames_to_track
+    count = plan.timeline.frames_to_track
     aligner = run_aligner(models, options, RunBatches(plan.memory), detect=anchors is None)
     if anchors is None:
         track = _detected_track(plan, aligner, count, progress or (lambda *_: None), should_cancel)

@@ -38,6 +38,12 @@ class Timeline:
         return self.speech > self.span
 
     @property
+    def frames_to_track(self) -> int:
+        """The span frames a run aligns, from the first: all of them when it revisits frames, else one a synced
+        frame."""
+        return min(self.span, self.speech)
+
+    @property
     def placed(self) -> bool:
         """The output is not just the synced frames (a lead or a tail): the sound is the speech placed in it."""
         return bool(self.lead or self.tail)
@@ -68,15 +74,6 @@ def lead_frames(audio_start: float, fps: Fraction, source_frames: int) -> int:
                          f"(it lasts {float(source_frames / fps):.2f} s): the latest start is "
                          f"{math.floor((source_frames - 1) / fps * 100) / 100:.2f} s, its last frame")
     return lead
-
-
-def expected_frames(options, source_frames: int, fps: Fraction | float, speech_seconds: float) -> int:
-    """Output frames of a run with ``options`` (at most one more than the run makes: for sizing what collects
-    them); one sentence when ``audio_start`` is not inside the video."""
-    from .video.rates import frame_rate
-
-    fps = frame_rate(fps)
-    return plan_timeline(options, source_frames, fps, math.ceil(speech_seconds * fps)).total
 
 
 def plan_timeline(options, source_frames: int, fps: Fraction, speech: int) -> Timeline:

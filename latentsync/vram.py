@@ -264,7 +264,7 @@ def count_weights(shapes: ModelShapes, dtype: str) -> dict:
 def count_denoise(shapes: ModelShapes, work: GpuWork, steps: int = 2) -> dict:
     """Each denoising stage's peak bytes (weights aside) for one group of ``work.chunks_per_call`` chunks:
     ``LipSyncDenoiser.run`` on fake faces and audio windows (from the second step on, every step peaks alike)."""
-    from .attention import create_backend
+    from .attention.selection import create_backend
     from .checkpoints import SCHEDULER_CONFIG
     from .denoise import Chunk, DenoiseSettings, LipSyncDenoiser
     from .mask import load_mouth_mask
@@ -297,8 +297,8 @@ def count_faces(shapes: ModelShapes, work: GpuWork) -> dict:
     synced faces in the run's dtype). Both face stages read values (which faces are there, the mask's area), so they
     run on real tensors: 1 and 2 frames, the line through them extended to the batch (every tensor they make has one
     row per frame; tested against a direct count), since whole batches of 1080p frames take seconds on a CPU."""
-    from .face import FaceStage
     from .face.geometry import CropGeometry
+    from .face.stage import FaceStage
 
     size, dtype = shapes.resolution, getattr(torch, work.dtype)
     affine = _face_affine(CropGeometry(size), *work.frame_shape)[None]
@@ -314,7 +314,7 @@ def count_faces(shapes: ModelShapes, work: GpuWork) -> dict:
 
 def count_warp(stage, affine: torch.Tensor, dtype: torch.dtype, count: int, frame_shape: tuple[int, int]) -> int:
     """The face warp's peak for ``count`` frames (real tensors; their upload to the GPU included)."""
-    from .face import FaceTrack
+    from .face.stage import FaceTrack
 
     frames = torch.full((count, *frame_shape, 3), 128, dtype=torch.uint8)
     track = FaceTrack(affine[:1].expand(count, 2, 3).clone(), torch.ones(count, dtype=torch.bool),
@@ -327,7 +327,7 @@ def count_warp(stage, affine: torch.Tensor, dtype: torch.dtype, count: int, fram
 
 def count_paste(stage, affine: torch.Tensor, dtype: torch.dtype, count: int, frame_shape: tuple[int, int]) -> int:
     """The paste back's peak for ``count`` frames (real tensors)."""
-    from .face import AlignedBatch
+    from .face.stage import AlignedBatch
 
     frames = np.full((count, *frame_shape, 3), 128, dtype=np.uint8)
     synced = torch.zeros(count, 3, stage.resolution, stage.resolution, dtype=dtype)

@@ -15,23 +15,6 @@ load time (``UNet3DConditionModel.set_attention_backend``); the default is ``sta
     selection.py  ``create_backend(name, device, dtype, ...)`` (``auto`` by rule), ``backend_report``
 
 Logger: ``latentsync.attention``. Disable backends with ``LATENTSYNC_DISABLE_ATTENTION="flex,xformers"``.
-Importing this package is cheap: the kernels (and torch) load on first use.
+Names are imported from the module that defines them; this file imports nothing, so ``registry.py`` (the options'
+backend names) loads without torch.
 """
-
-from __future__ import annotations
-
-from ..lazy import lazy_exports
-from .registry import BACKENDS, NAMES, REGISTRY
-
-_EXPORTS = {
-    "ROLES": "core", "AttentionBackend": "core", "StandardAttention": "core", "default_backend": "core",
-    "relative_error": "core",
-    "SDPAAttention": "backends", "XFormersAttention": "backends", "FlexAttention": "backends",
-    "load_mouth_mask": "backends", "mouth_mask_tokens": "backends", "DEFAULT_MASK_PATH": "backends",
-    "ENV_DISABLE": "selection", "create_backend": "selection", "backend_report": "selection",
-    "clear_probe_cache": "selection", "disabled_backends": "selection", "set_disabled_backends": "selection",
-    "availability": "selection", "BackendUnavailableError": "selection",
-}
-__all__ = sorted([*_EXPORTS, "BACKENDS", "NAMES", "REGISTRY"])
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,22 +8,21 @@ within ``TOLERANCE[dtype]`` relative error. Probes are cached per process by (ba
 ``BackendUnavailableError``); nothing is timed. An explicit request for a backend that cannot run here logs a
 WARNING and follows the backend's fallbacks (``strict=True`` raises ``BackendUnavailableError`` instead).
 
-Disabling (tests, or to dodge a broken kernel): ``LATENTSYNC_DISABLE_ATTENTION="flex,xformers"`` (read at every
-call) and/or ``set_disabled_backends([...])``; ``standard`` cannot be disabled.
+Disabling (to dodge a broken kernel): ``LATENTSYNC_DISABLE_ATTENTION="flex,xformers"`` (read at every call);
+``standard`` cannot be disabled.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
 import time
-from typing import Iterable
 
 import torch
 
 from ..errors import BackendUnavailableError
+from .backends import FlexAttention, SDPAAttention, XFormersAttention
 from .core import AttentionBackend, StandardAttention, relative_error
 from .registry import BACKENDS, NAMES, REGISTRY
 
@@ -32,19 +31,10 @@ logger = logging.getLogger("latentsync.attention")
 ENV_DISABLE = "LATENTSYNC_DISABLE_ATTENTION"
 TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
-_disabled_override: set[str] = set()
+KERNELS = {"flash": SDPAAttention, "xformers": XFormersAttention, "flex": FlexAttention,
+           "standard": StandardAttention}  # the registry's backends by name
 _probe_cache: dict = {}
 _lock = threading.RLock()
-
-
-def set_disabled_backends(names: Iterable[str] | None) -> None:
-    """Programmatically disable backends (in addition to $LATENTSYNC_DISABLE_ATTENTION); None clears."""
-    global _disabled_override
-    names = set(names or ())
-    bad = names - set(BACKENDS)
-    if bad:
-        raise ValueError(f"unknown attention backend(s) {sorted(bad)}; known: {', '.join(BACKENDS)}")
-    _disabled_override = names
 
 
 def disabled_backends() -> set[str]:
@@ -53,18 +43,12 @@ def disabled_backends() -> set[str]:
     if unknown:
         logger.warning("%s names unknown backend(s) %s (known: %s)", ENV_DISABLE, sorted(unknown),
                        ", ".join(BACKENDS))
-    return ((env | _disabled_override) & set(BACKENDS)) - {"standard"}
-
-
-def clear_probe_cache() -> None:
-    with _lock:
-        _probe_cache.clear()
+    return (env & set(BACKENDS)) - {"standard"}
 
 
 def kernel(name: str, **flex_options) -> AttentionBackend:
     """An instance of backend ``name``'s kernel (``flex_options``: lip_focus, mouth_mask, compile: flex only)."""
-    module = "core" if name == "standard" else "backends"
-    cls = getattr(importlib.import_module(f".{module}", __package__), REGISTRY[name].kernel)
+    cls = KERNELS[name]
     return cls(**flex_options) if REGISTRY[name].lip_focus else cls()
 
 
@@ -125,7 +109,7 @@ def _requested(name: str, device: torch.device, dtype: torch.dtype, lip_focus: f
 def availability(name: str, device: torch.device, dtype: torch.dtype) -> tuple[bool, str | None]:
     """(runs here, why not): disabled, or the cached probe's verdict."""
     if name in disabled_backends():
-        return False, f"disabled by {ENV_DISABLE} / set_disabled_backends"
+        return False, f"disabled by {ENV_DISABLE}"
     result = _probe(name, device, dtype)
     return result["available"], result["reason"]
 

@@ -7,7 +7,7 @@
     chunk = frame_windows(features, fps, start=0, stop=16)  # (16, 10*(n_layer+1), d)
 """
 
-from .encoder import WhisperCheckpointError, WhisperEncoder, save_whisper_checkpoint
+from .encoder import WhisperCheckpointError, WhisperEncoder
 from .loading import SAMPLE_RATE, load_audio, load_stereo, placed, resample, waveform_to_16k
 from .windows import (STEPS_PER_SECOND, WINDOW_STEPS, frame_centers, frame_window, frame_windows,
                       frames_for_duration, num_video_frames, require_video_frames, window_indices)
@@ -15,7 +15,7 @@ from .windows import (STEPS_PER_SECOND, WINDOW_STEPS, frame_centers, frame_windo
 __all__ = [
     "SAMPLE_RATE", "STEPS_PER_SECOND", "WINDOW_STEPS",
     "load_audio", "load_stereo", "waveform_to_16k", "resample", "placed",
-    "WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint",
+    "WhisperEncoder", "WhisperCheckpointError",
     "num_video_frames", "frames_for_duration", "require_video_frames",
     "frame_centers", "window_indices", "frame_windows", "frame_window",
 ]

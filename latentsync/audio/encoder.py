@@ -17,11 +17,7 @@ window (or ``window_batch`` windows) at a time and writes into the preallocated 
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tempfile
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -47,30 +43,6 @@ def _whisper():
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------------
-
-def _dims_dict(dims) -> dict:
-    if dataclasses.is_dataclass(dims):
-        return dataclasses.asdict(dims)
-    return {key: int(value) for key, value in dict(dims).items()}
-
-
-def save_whisper_checkpoint(path: str | Path, dims, state_dict: Mapping[str, torch.Tensor]) -> Path:
-    """Write an openai-whisper format checkpoint ``{"dims": {...}, "model_state_dict": {...}}`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"dims": _dims_dict(dims),
-               "model_state_dict": {name: tensor.detach().cpu().contiguous().clone()
-                                    for name, tensor in state_dict.items()}}
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def _read_checkpoint(path: Path):
     if not path.is_file():
@@ -316,4 +288,4 @@ def _reflect_slice(samples: torch.Tensor, begin: int, end: int) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-__all__ = ["WhisperEncoder", "WhisperCheckpointError", "save_whisper_checkpoint"]
+__all__ = ["WhisperEncoder", "WhisperCheckpointError"]

@@ -55,7 +55,7 @@ class JobRunner:
             result = pipeline.run(job.video, job.speech, job.output, progress=self.progress)
         except Exception as error:  # one job's failure is its record, never the batch's end
             return job_record(job, status="failed", seconds=_since(started), error=sentence(error))
-        return job_record(job, status="done", frames=result.num_frames, seconds=_since(started),
+        return job_record(job, status="done", frames=result.output_frames, seconds=_since(started),
                           frames_without_face=result.frames_without_face, settings=job.settings())
 
     def frames_to_track(self, job: Job) -> int:
@@ -76,7 +76,7 @@ class JobRunner:
     def segment(self, job: Job, segment, path: Path) -> tuple[int, int]:
         """One segment of the job written to ``path`` (video only, the job's codec): (frames, without a face)."""
         result = self._pipeline(job).run(job.video, job.audio, path, segment=segment, progress=self.progress)
-        return result.num_frames, result.frames_without_face
+        return result.output_frames, result.frames_without_face
 
     def _pipeline(self, job: Job):
         from ..pipeline import LipSyncPipeline

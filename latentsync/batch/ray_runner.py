@@ -235,7 +235,7 @@ def run_split_job(cluster: RayWorkers, job: Job) -> dict:
         paths = [parts / f"{k:04d}{job.output.suffix or '.mp4'}" for k in range(len(segments))]
         results = cluster.gather([(worker, worker.segment.remote(job, segment, path))
                                   for worker, segment, path in zip(list(cluster.free), segments, paths)])
-        join_videos(paths, job.output, float(plan.num_frames / plan.fps), audio=job.audio,
+        join_videos(paths, job.output, float(plan.output_frames / plan.fps), audio=job.audio,
                     audio_delay=plan.audio_delay)
     except Exception as error:
         return job_record(job, status="failed", seconds=round(time.perf_counter() - started, 3),

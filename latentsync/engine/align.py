@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..face import AlignedBatch, FaceStage, FaceTrack, no_face_error
+from ..face.stage import AlignedBatch, FaceStage, FaceTrack, no_face_error
 from ..frames import frames_between
 from .control import Group, RunBatches, RunControl, in_pieces
 from .plan import RunPlan
@@ -75,8 +75,8 @@ class StreamedAlign:
 
     def groups(self, pool: BufferPool) -> Iterator[Group]:
         plan, known, times = self.plan, self.plan.track, self.control.times
-        self.control.report("detect faces", 0, plan.stop - plan.first)
-        batches = frames_between(plan.source, plan.first, plan.stop, plan.group_frames, pool.allocate)
+        self.control.report("detect faces", 0, plan.speech_stop - plan.speech_start)
+        batches = frames_between(plan.source, plan.speech_start, plan.speech_stop, plan.group_frames, pool.allocate)
         try:
             while True:
                 self.control.check()
@@ -88,8 +88,8 @@ class StreamedAlign:
                     aligned = self.aligner.align(batch, None if known is None else
                                                  known.slice(start, start + len(batch)))
                 self.frames_with_face += int(aligned.has_face.sum())
-                if self.frames_with_face == 0 and known is None and start + len(batch) >= plan.stop:
-                    raise no_face_error(plan.num_frames)  # the last frame aligned: fail before it is encoded
+                if self.frames_with_face == 0 and known is None and start + len(batch) >= plan.speech_stop:
+                    raise no_face_error(plan.speech_frames)  # the last frame aligned: fail before it is encoded
                 yield Group(start, batch, aligned)
         finally:
             batches.close()

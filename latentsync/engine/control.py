@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled
-from ..face import AlignedBatch
+from ..face.stage import AlignedBatch
 from ..memory_limiter import MemoryPlan, free_memory, is_oom, smaller_batches
 from .threads import StageTimes, Stopped
 
@@ -21,10 +21,10 @@ T = TypeVar("T")
 
 @dataclass
 class Group:
-    """Consecutive output frames on their way through the stages: decoded and aligned, then synced, then restored
+    """Consecutive synced frames on their way through the stages: decoded and aligned, then synced, then restored
     (in place: ``frames`` is a reused buffer, valid until the consumer asks for the next group)."""
 
-    start: int  # output index of the first frame
+    speech_start: int  # speech index of the first frame (synced frame 0 is the speech's first)
     frames: np.ndarray  # (n, H, W, 3) uint8
     aligned: AlignedBatch
     synced: torch.Tensor | None = None  # (n, 3, R, R) in [-1, 1]; None when no frame of the group has a face

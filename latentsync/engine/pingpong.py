@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..face import AlignedBatch, no_face_error
+from ..face.stage import AlignedBatch, no_face_error
 from ..frames import ArraySource, FrameStore, frames_between
 from .align import FaceAligner
 from .control import Group, RunControl, spans
@@ -36,7 +36,7 @@ class PingPongAlign:
                 FrameStore(count, (plan.height, plan.width, 3), on_disk, self.cache_dir))
             crops = stack.enter_context(FrameStore(count, (3, res, res), on_disk, self.cache_dir))
             affine, has_face, anchors = self._record(pool, frames, crops)
-            for start, stop in spans(plan.first, plan.stop, plan.group_frames):
+            for start, stop in spans(plan.speech_start, plan.speech_stop, plan.group_frames):
                 self.control.check()
                 indices = [plan.timeline.source_index(i) for i in range(start, stop)]
                 with self.control.times.measure("decode"):
@@ -52,7 +52,7 @@ class PingPongAlign:
         plan, known, size = self.plan, self.plan.track, self.plan.group_frames
         count = plan.source.num_frames
         order = plan.timeline.source_index
-        needed = None if known is None else {order(i) // size for i in range(plan.first, plan.stop)}
+        needed = None if known is None else {order(i) // size for i in range(plan.speech_start, plan.speech_stop)}
         affines, has_faces, anchors = [], [], []  # small: kept in RAM
         batches = frames_between(plan.source, 0, count, size, pool.allocate)
         try:

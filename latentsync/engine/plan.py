@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..face import FaceTrack
+from ..face.stage import FaceTrack
 from ..frames import FrameSource, frames_from, open_source
 from ..memory_limiter import MemoryPlan, Workload, detect_hardware, plan_memory
 from ..timeline import Timeline, plan_timeline
@@ -24,23 +24,24 @@ class RunPlan:
     timeline: Timeline  # which output frames pass through and which are synced (the dubbing options)
     memory: MemoryPlan  # as planned (a stage that runs out of memory continues with smaller batches)
     chunk_size: int  # frames per motion-module window (the checkpoints' num_frames)
-    output: tuple[int, int]  # the output frames delivered: [start, stop) (a segment's; else all)
+    output_range: tuple[int, int]  # the output frames delivered: [start, stop) (a segment's; else all)
     track: FaceTrack | None = None  # a segment's: the whole clip's face track (nothing is detected); else None
     warnings: tuple[str, ...] = ()
 
     @property
-    def num_frames(self) -> int:
+    def speech_frames(self) -> int:
         """Synced frames of the whole run: the speech's length."""
         return self.timeline.speech
 
     @property
-    def first(self) -> int:
-        """The synced frames made are [first, stop): those among the output frames delivered."""
-        return min(max(self.output[0] - self.timeline.lead, 0), self.timeline.speech)
+    def speech_start(self) -> int:
+        """The synced frames made are speech frames [speech_start, speech_stop): those among the output frames
+        delivered."""
+        return min(max(self.output_range[0] - self.timeline.lead, 0), self.timeline.speech)
 
     @property
-    def stop(self) -> int:
-        return min(max(self.output[1] - self.timeline.lead, 0), self.timeline.speech)
+    def speech_stop(self) -> int:
+        return min(max(self.output_range[1] - self.timeline.lead, 0), self.timeline.speech)
 
     @property
     def fps(self) -> Fraction:
@@ -64,17 +65,8 @@ class RunPlan:
         """Frames decoded, aligned and denoised together (segments start at multiples of it)."""
         return self.chunk_size * self.memory.chunks_per_call
 
-    @property
-    def frames_to_track(self) -> int:
-        return frames_to_track(self.source.num_frames, self.num_frames)
 
-
-def frames_to_track(source_frames: int, output_frames: int) -> int:
-    """The source frames a run aligns, from the first: all of them when it revisits frames, else its outputs."""
-    return source_frames if output_frames > source_frames else output_frames
-
-
-def speech_frames(video, audio, fps: float | None = None) -> tuple[FrameSource, np.ndarray, int]:
+def open_inputs(video, audio, fps: float | None = None) -> tuple[FrameSource, np.ndarray, int]:
     """The frame source, the speech (16 kHz mono) and the number of video frames it lasts."""
     from ..audio import load_audio, require_video_frames
 
@@ -86,10 +78,10 @@ def speech_frames(video, audio, fps: float | None = None) -> tuple[FrameSource, 
 def plan_run(models, options, video, audio, fps: float | None = None, segment=None) -> RunPlan:
     """The plan of a run of ``models`` with ``options`` (a ``PipelineOptions``), or of one ``segment`` of it (its
     frames, its whole clip's face track and batch sizes)."""
-    whole, samples, speech = speech_frames(video, audio, fps)
+    whole, samples, speech = open_inputs(video, audio, fps)
     timeline = plan_timeline(options, whole.num_frames, whole.fps, speech)
     source = frames_from(whole, timeline.lead)
-    output = (segment.start, segment.stop) if segment is not None else (0, timeline.total)
+    output_range = (segment.start, segment.stop) if segment is not None else (0, timeline.total)
     if segment is not None:
         _check_segment(segment, timeline, models.chunk_size)
     hardware = detect_hardware(str(models.device))
@@ -106,7 +98,7 @@ def plan_run(models, options, video, audio, fps: float | None = None, segment=No
         warnings = (f"speech too short: it lasts {len(samples) / 16000:.2f} s, so the output has only {speech} "
                     f"synced frame(s); the model syncs {models.chunk_size} frames at a time: give at least "
                     f"{models.chunk_size / float(source.fps):.2f} s of speech",)
-    return RunPlan(whole, source, samples, timeline, memory, models.chunk_size, output,
+    return RunPlan(whole, source, samples, timeline, memory, models.chunk_size, output_range,
                    None if segment is None else segment.track, warnings)
 
 

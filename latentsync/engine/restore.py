@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..face import FaceStage
+from ..face.stage import FaceStage
 from .control import Group, RunBatches, RunControl, in_pieces
 
 

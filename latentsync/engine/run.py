@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..face import FaceStage, no_face_error
+from ..face.stage import FaceStage, no_face_error
 from ..frames import frames_between
 from ..mask import mouth_weight
 from ..memory_limiter import MemoryPlan, log_memory, trim_heap
@@ -30,7 +30,7 @@ log = logging.getLogger("latentsync.pipeline")
 @dataclass
 class RunResult:
     output_path: Path | None  # None when no file was asked for
-    num_frames: int
+    output_frames: int  # written or delivered (a segment's)
     fps: Fraction
     frames_without_face: int
     plan: MemoryPlan
@@ -39,6 +39,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     audio_delay: float | None = None  # the output's sound: the speech after this many seconds of silence, padded
     # with silence to the video's end (audio_start, when_video_is_longer keep); None: the speech as it is
+    sound: tuple | None = None  # that placed sound as (waveform, rate), when the speech was given in memory
 
 
 class SyncedFrames:
@@ -73,10 +74,11 @@ class SyncedFrames:
         self._done = False
 
     @property
-    def num_frames(self) -> int:
-        """Output frames of the whole run (the timeline's: the speech's length, with any kept video before and
-        after it; a segment makes part of them)."""
-        return self.plan.timeline.total
+    def output_frames(self) -> int:
+        """Output frames this run delivers: the timeline's (the speech's length, with any kept video before and
+        after it), or a segment's part of them."""
+        start, stop = self.plan.output_range
+        return stop - start
 
     @property
     def audio_delay(self) -> float | None:
@@ -125,9 +127,9 @@ class SyncedFrames:
         # in flight at most: one in each of the three stages, one in each queue behind them, one with the consumer
         pool = BufferPool(plan.group_frames, plan.height, plan.width, count=7 if self.overlap else 2,
                           stopping=stopping)
-        lead, start, stop = plan.timeline.lead, *plan.output
+        lead, start, stop = plan.timeline.lead, *plan.output_range
         yield from self._passed(pool, start, min(stop, lead))
-        if plan.first < plan.stop:
+        if plan.speech_start < plan.speech_stop:
             yield from self._made(pool)
         yield from self._passed(pool, max(start, lead + plan.timeline.speech), stop)
         log_memory("end")
@@ -136,9 +138,9 @@ class SyncedFrames:
         """The synced frames, through the stages."""
         plan, stopping = self.plan, self.control.stopping
         stage = (lambda items, name: in_thread(items, name, stopping)) if self.overlap else (lambda items, _: items)
-        groups = stage(self.align.groups(pool), "align")
-        groups = stage(self.synthesis.groups(groups), "denoise")
-        groups = stage(self.restore.groups(groups), "restore")
+        groups = stage(self.align.groups(pool), "align")  # 3. decode, detect and warp the faces
+        groups = stage(self.synthesis.groups(groups), "denoise")  # 4. VAE + UNet: the synced faces
+        groups = stage(self.restore.groups(groups), "restore")  # 5. pasted back into their frames
         try:
             for group in groups:
                 if self.mask_sink is not None:
@@ -150,7 +152,7 @@ class SyncedFrames:
             stopping.set()
             groups.close()
         if self.align.frames_with_face == 0 and plan.track is None:  # a segment's clip has a face somewhere
-            raise no_face_error(plan.num_frames)
+            raise no_face_error(plan.speech_frames)
 
     def _passed(self, pool: BufferPool, start: int, stop: int) -> Iterator[np.ndarray]:
         """Output frames start .. stop - 1 outside the speech: the video's own frames, as decoded."""
@@ -172,8 +174,8 @@ class SyncedFrames:
 
     def result(self, output_path: Path | None = None) -> RunResult:
         seconds = dict(self.control.times.seconds, total=time.perf_counter() - self._started)
-        count = self.plan.output[1] - self.plan.output[0]
-        without = self.plan.stop - self.plan.first - self.align.frames_with_face
+        count = self.output_frames
+        without = self.plan.speech_stop - self.plan.speech_start - self.align.frames_with_face
         if without:
             log.warning("%d of %d frames had no usable face and were passed through unchanged", without, count)
         close_calls = self.aligner.close_calls_warning()

@@ -49,18 +49,19 @@ class Synthesis:
 
         plan, times = self.plan, self.control.times
         self.denoiser.start()
-        self.denoiser.skip(plan.first)  # a segment's noise: the draws a whole run makes before its first frame
+        self.denoiser.skip(plan.speech_start)  # a segment's noise: the draws a whole run makes before its frames
         device = torch.device(self.models.device)
         sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else None
         faces_found = False
         for group in groups:
             count = len(group.frames)
-            window = frame_windows(self.features, float(plan.fps), start=group.start, stop=group.start + count)
+            start = group.speech_start
+            window = frame_windows(self.features, float(plan.fps), start=start, stop=start + count)
             with times.measure("denoise", sync):
                 group.synced = self._synced(group, window)
             faces_found = faces_found or group.synced is not None
-            self.control.report(SYNC_STAGE if faces_found else NO_FACE_YET, group.start + count - plan.first,
-                                plan.stop - plan.first)
+            self.control.report(SYNC_STAGE if faces_found else NO_FACE_YET, start + count - plan.speech_start,
+                                plan.speech_stop - plan.speech_start)
             yield group
 
     def _synced(self, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
@@ -73,7 +74,8 @@ class Synthesis:
         face_pixels = fill_missing_faces(group.aligned.faces, has_face)
         size, count = denoiser.settings.chunk_size, len(group.frames)
         chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, count, size)]
-        done_before, total = group.start - self.plan.first, self.plan.stop - self.plan.first
+        plan = self.plan
+        done_before, total = group.speech_start - plan.speech_start, plan.speech_stop - plan.speech_start
 
         def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
             self.control.check()

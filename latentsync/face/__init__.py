@@ -8,21 +8,5 @@
     geometry.py       the crop template, similarity fit, smoothing, exact Lanczos resize
     stage.py          FaceStage: detect -> align (warp) and restore (paste back)
 
-Cheap to import: detectors and torch work load on use.
+Names are imported from the module that defines them (this file imports nothing).
 """
-
-from __future__ import annotations
-
-from ..lazy import lazy_exports
-
-_EXPORTS = {
-    "FaceDetector": "base", "InsightFaceDetector": "insightface", "DlibDetector": "dlib_detector",
-    "LargestFace": "choice", "FaceTracker": "choice",
-    "create_detector": "detectors", "available_detectors": "detectors",
-    "CropGeometry": "geometry",
-    "FaceStage": "stage", "AlignedBatch": "stage", "FaceTrack": "stage", "NoFaceError": "stage",
-    "no_face_error": "stage",
-}
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -58,10 +58,6 @@ class FaceDetector(ABC):
     def anchors(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
         """The three anchor points (3, 2) of the face in ``box``."""
 
-    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
-        """Anchors of the reference's face (the largest usable one) in one frame, or None."""
-        return self.detect(frame[None])[0]
-
     def detect(self, frames, chooser=None) -> list[np.ndarray | None]:
         """Anchors per frame of the face ``chooser`` picks among the usable ones (default: the largest, the
         reference's rule); the chooser sees the frames in order."""

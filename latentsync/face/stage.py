@@ -21,7 +21,7 @@ from .base import FaceDetector
 from .choice import FaceTracker, LargestFace
 from .geometry import (FILL_VALUE, CropGeometry, fp16_round, invert_affine, min_filter, resize_lanczos4_u8,
                        similarity_from_points, smooth_translation, transform_points)
-from ..errors import NoFaceError  # noqa: F401 (raised here; defined with the others)
+from ..errors import NoFaceError
 
 log = logging.getLogger("latentsync.face")
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import ROLES, AttentionBackend, default_backend
+from ..attention.core import ROLES, AttentionBackend, default_backend
 
 
 class Attention(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import AttentionBackend
+from ..attention.core import AttentionBackend
 from .attention_layers import Attention
 from .deepcache import DeepCacheState
 from .embeddings import TimestepEmbedding, timestep_features

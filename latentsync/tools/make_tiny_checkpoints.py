@@ -13,8 +13,12 @@ face size; the library alone uses the yaml's face size, ``--resolution`` here (d
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import yaml
@@ -50,6 +54,31 @@ TINY_VAE = {
 }
 
 
+def _dims_dict(dims) -> dict:
+    if dataclasses.is_dataclass(dims):
+        return dataclasses.asdict(dims)
+    return {key: int(value) for key, value in dict(dims).items()}
+
+
+def save_whisper_checkpoint(path: str | Path, dims, state_dict: Mapping[str, torch.Tensor]) -> Path:
+    """Write an openai-whisper format checkpoint ``{"dims": {...}, "model_state_dict": {...}}`` atomically (what
+    ``WhisperEncoder.from_checkpoint`` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"dims": _dims_dict(dims),
+               "model_state_dict": {name: tensor.detach().cpu().contiguous().clone()
+                                    for name, tensor in state_dict.items()}}
+    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def make_tiny_whisper_checkpoint(path: str | Path, seed: int = 0, *, n_audio_state: int = 64,
                                  n_audio_layer: int = 2, n_audio_head: int | None = None, n_mels: int = 80,
                                  n_text_layer: int = 1, n_vocab: int = 51865) -> Path:
@@ -59,8 +88,6 @@ def make_tiny_whisper_checkpoint(path: str | Path, seed: int = 0, *, n_audio_sta
     that divides ``n_audio_state``).
     """
     import whisper
-
-    from ..audio import save_whisper_checkpoint
 
     if n_audio_state % 2:
         raise ValueError(f"n_audio_state must be even (sinusoidal positions), got {n_audio_state}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -224,32 +224,6 @@ def iter_frame_batches(path: str | Path, batch_size: int, start: int = 0,
             buffer, filled = None, 0
     if buffer is not None and filled:
         yield buffer[:filled]
-
-
-def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
-    """Frames at the given indices, in the given order, as uint8 (len(indices), H, W, 3).
-
-    Decodes from the smallest index to the largest (one seek); for many scattered revisits prefer a disk cache.
-    """
-    wanted = sorted({int(i) for i in indices})
-    if not wanted:
-        raise ValueError("read_frames needs at least one index")
-    if wanted[0] < 0:
-        raise ValueError(f"frame indices must be >= 0, got {wanted[0]}")
-    found: dict[int, np.ndarray] = {}
-    position = wanted[0]
-    remaining = set(wanted)
-    for batch in iter_frame_batches(path, 16, start=wanted[0]):
-        for offset in range(len(batch)):
-            if position + offset in remaining:
-                found[position + offset] = batch[offset].copy()
-                remaining.discard(position + offset)
-        position += len(batch)
-        if not remaining:
-            break
-    if remaining:
-        raise MediaError(f"{path} has only {position} frames: frame {min(remaining)} does not exist")
-    return np.stack([found[int(i)] for i in indices])
 
 
 def check_audio_file(path: str | Path) -> None:
