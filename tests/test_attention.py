@@ -10,9 +10,11 @@ import math
 import pytest
 import torch
 
-from latentsync.attention import (BACKENDS, ENV_DISABLE, BackendUnavailableError, FlexAttention, availability,
-                                  StandardAttention, backend_report, clear_probe_cache, create_backend,
-                                  load_mouth_mask, mouth_mask_tokens, relative_error, set_disabled_backends)
+from latentsync.attention.backends import FlexAttention, load_mouth_mask, mouth_mask_tokens
+from latentsync.attention.core import StandardAttention, relative_error
+from latentsync.attention.registry import BACKENDS
+from latentsync.attention.selection import (ENV_DISABLE, BackendUnavailableError, availability, backend_report,
+                                            create_backend)
 from latentsync.models.loading import load_unet
 
 CPU = torch.device("cpu")
@@ -38,9 +40,6 @@ def _qkv(q_shape, k_shape, seed=0, dtype=torch.float32):
 @pytest.fixture(autouse=True)
 def _fresh_selection(monkeypatch):
     monkeypatch.delenv(ENV_DISABLE, raising=False)
-    set_disabled_backends(None)
-    yield
-    set_disabled_backends(None)
 
 
 def _available_cpu():
@@ -170,7 +169,7 @@ def test_auto_chooses_by_rule_and_logs_why_others_cannot_run(monkeypatch, caplog
 
 
 def test_auto_with_lip_focus_needs_flex(monkeypatch):
-    set_disabled_backends(["flex"])
+    monkeypatch.setenv(ENV_DISABLE, "flex")
     with pytest.raises(BackendUnavailableError, match="flex.*disabled"):
         create_backend("auto", CPU, torch.float32, lip_focus=2.0)
     with pytest.raises(BackendUnavailableError, match="flex.*disabled"):  # never a silent fallback without the effect
@@ -211,11 +210,6 @@ def test_backend_report_rows():
             assert r["reason"] is None and r["max_rel_err"] < 1e-3 and r["time_ms"] > 0
         else:
             assert r["reason"]
-
-
-def test_probe_cache_can_be_cleared():
-    clear_probe_cache()
-    assert availability("flash", CPU, torch.float32)[0]
 
 
 # ------------------------------------------------------------------------------------------ UNet golden

@@ -11,10 +11,9 @@ import torch
 from safetensors.torch import load_file
 from scipy.signal import resample_poly
 
-from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint
 from latentsync.audio import (WhisperCheckpointError, WhisperEncoder, frame_window, frame_windows, load_audio,
-                              num_video_frames, require_video_frames,
-                              save_whisper_checkpoint)
+                              num_video_frames, require_video_frames)
+from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint, save_whisper_checkpoint
 
 TOL = 1e-4  # DESIGN.md: float32 on the CPU, max abs error of the audio features
 

@@ -1,5 +1,7 @@
 """``python -m latentsync batch``: several jobs in one process, a manifest, a failing job that stops nothing, and
-resuming after a finished or a killed run. Real tiny checkpoints, real clips, the real command."""
+resuming after a finished or a killed run. Real tiny checkpoints, real clips, the real command: in this process
+(``main``) where the test is about the batch, in a child process where it is about the process (kills, signals,
+Ray workers and their thread counts)."""
 
 from __future__ import annotations
 
@@ -13,28 +15,41 @@ from pathlib import Path
 
 import pytest
 
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.cli import main
 from latentsync.video import count_frames
-from comfyui_server import write_clip
-from test_pipeline import make_audio, sound_of
+from helpers import decode, make_audio, sound_of, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, media_dir):
+def workspace(tmp_path_factory, media_dir, tiny_set):
     folder = tmp_path_factory.mktemp("batch")
-    config = make_tiny_checkpoints(folder / "checkpoints")
     write_clip(media_dir, folder, "clip_25.00.mp4", 1.0, scale=2)  # half size: the batch logic, not the pixels
     make_audio(media_dir, folder, 0.64)
     make_audio(media_dir, folder, 0.9)
-    return {"folder": folder, "config": config}
+    return {"folder": folder, "checkpoints": tiny_set.checkpoints, "config": tiny_set.config}
+
+
+def arguments(workspace, jobs: Path, *extra: str) -> list[str]:
+    return ["batch", str(jobs), "--checkpoints", str(workspace["checkpoints"]), "--unet-config",
+            str(workspace["config"]), "--detector", "dlib", "--device", "cpu", "--steps", "1", "--resolution", "256",
+            "--quiet", *extra]
+
+
+def batch_here(workspace, jobs: Path, capsys, *extra: str) -> subprocess.CompletedProcess:
+    """The command run by ``main`` in this process: its exit code and what it printed."""
+    try:
+        code = main(arguments(workspace, jobs, *extra))
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, out, err)
 
 
 def batch(workspace, jobs: Path, *extra: str, wait: bool = True, env: dict | None = None):
-    command = [sys.executable, "-m", "latentsync", "batch", str(jobs), "--checkpoints",
-               str(workspace["folder"] / "checkpoints"), "--unet-config", str(workspace["config"]), "--detector",
-               "dlib", "--device", "cpu", "--steps", "1", "--resolution", "256", "--quiet", *extra]
+    """The command in a child process (``wait`` False: started, not waited for)."""
+    command = [sys.executable, "-m", "latentsync", *arguments(workspace, jobs, *extra)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **(env or {}))
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -45,14 +60,14 @@ def records(manifest: Path) -> list[dict]:
     return [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
-def test_three_jobs_one_bad_then_resume(workspace, tmp_path):
+def test_three_jobs_one_bad_then_resume(workspace, tmp_path, capsys):
     folder = workspace["folder"]
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("video,audio,output,seed\n"
                     f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.64.wav'},out/a.mp4,\n"
                     f"{folder / 'missing.mp4'},{folder / 'speech_0.64.wav'},out/b.mp4,\n"
                     f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.90.wav'},out/c.mp4,7\n")
-    first = batch(workspace, jobs)
+    first = batch_here(workspace, jobs, capsys)
     assert first.returncode == 1, first.stderr  # one job failed
     assert "2 done, 0 already complete, 1 failed" in first.stdout
     manifest = tmp_path / "jobs.manifest.jsonl"
@@ -64,11 +79,11 @@ def test_three_jobs_one_bad_then_resume(workspace, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "c.mp4"]  # nothing half-written
     written = {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in ("a.mp4", "c.mp4")}
 
-    again = batch(workspace, jobs)  # the same command: the complete jobs are skipped, the failed one redone
+    again = batch_here(workspace, jobs, capsys)  # the same command: the complete ones skipped, the failed redone
     assert "0 done, 2 already complete, 1 failed" in again.stdout
     assert {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in written} == written
     (tmp_path / "out" / "c.mp4").write_bytes(b"damaged")  # no longer complete: redone
-    third = batch(workspace, jobs)
+    third = batch_here(workspace, jobs, capsys)
     assert "1 done, 1 already complete, 1 failed" in third.stdout
     assert count_frames(tmp_path / "out" / "c.mp4") == 22
 
@@ -76,14 +91,14 @@ def test_three_jobs_one_bad_then_resume(workspace, tmp_path):
     assert records(tmp_path / "jobs.manifest.jsonl")[-1]["settings"]["seed"] == 7
     jobs.write_text(jobs.read_text().replace("out/c.mp4,7", "out/c.mp4,8"))
     before = (tmp_path / "out" / "c.mp4").read_bytes()
-    edited = batch(workspace, jobs)
+    edited = batch_here(workspace, jobs, capsys)
     assert "1 done, 1 already complete, 1 failed" in edited.stdout
     assert records(tmp_path / "jobs.manifest.jsonl")[-1]["settings"]["seed"] == 8
     assert (tmp_path / "out" / "c.mp4").read_bytes() != before
-    assert "0 done, 2 already complete, 1 failed" in batch(workspace, jobs).stdout
+    assert "0 done, 2 already complete, 1 failed" in batch_here(workspace, jobs, capsys).stdout
 
 
-def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path):
+def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path, capsys):
     folder = workspace["folder"]
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps({"video": str(folder / "clip_25.00.mp4"),
@@ -98,7 +113,7 @@ def test_killed_run_loses_only_the_job_in_flight(workspace, tmp_path):
     process.wait(timeout=60)
     done_first = [r["output"] for r in records(manifest) if r["status"] == "done"]
     assert len(done_first) >= 1
-    resumed = batch(workspace, jobs)
+    resumed = batch_here(workspace, jobs, capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(done_first)} already complete" in resumed.stdout
     assert [count_frames(tmp_path / "out" / f"{i}.mp4") for i in range(3)] == [16, 16, 16]
@@ -124,13 +139,13 @@ def test_terminated_ray_batch_leaves_no_partial_file(workspace, tmp_path, media_
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path):
+def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path, capsys):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("video,audio,output,stepz\na.mp4,a.wav,o.mp4,3\n")
-    done = batch(workspace, jobs)
+    done = batch_here(workspace, jobs, capsys)
     assert done.returncode == 1 and "unknown columns stepz" in done.stderr and "Traceback" not in done.stderr
     jobs.write_text("video,audio,output,steps\na.mp4,a.wav,o.mp4,0\n")
-    done = batch(workspace, jobs)
+    done = batch_here(workspace, jobs, capsys)
     assert done.returncode == 1 and "jobs.csv line 2, column steps must be between 1 and 999, got 0" in done.stderr
     assert not (tmp_path / "jobs.manifest.jsonl").exists()
 
@@ -141,8 +156,6 @@ def test_ray_with_two_workers_gives_the_local_outputs(workspace, tmp_path):
     count changes the order of float sums (1e-6), which the encoder can turn into visibly different files."""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
     import numpy as np
-
-    from latentsync.video import iter_frame_batches
 
     folder = workspace["folder"]
     rows = "".join(f"{folder / 'clip_25.00.mp4'},{folder / 'speech_0.64.wav'},out/{seed}.mp4,{seed}\n"
@@ -158,17 +171,8 @@ def test_ray_with_two_workers_gives_the_local_outputs(workspace, tmp_path):
     assert "3 done, 0 already complete, 0 failed" in on_ray.stdout
     assert {r["status"] for r in records(tmp_path / "ray" / "jobs.manifest.jsonl")} == {"done"}
     for seed in (1, 2, 3):
-        frames = [np.concatenate(list(iter_frame_batches(tmp_path / name / "out" / f"{seed}.mp4", 16)))
-                  for name in ("local", "ray")]
+        frames = [decode(tmp_path / name / "out" / f"{seed}.mp4") for name in ("local", "ray")]
         assert np.array_equal(*frames)
-
-
-def decoded(path: Path):
-    import numpy as np
-
-    from latentsync.video import iter_frame_batches
-
-    return np.concatenate(list(iter_frame_batches(path, 16)))
 
 
 def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, media_dir):
@@ -201,7 +205,7 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
     failed, *manifest = records(tmp_path / "split" / "jobs.manifest.jsonl")
     assert [(r["status"], r["frames"], r["segments"]) for r in manifest] == [("done", 30, 2), ("done", 35, 2)]
     assert failed["status"] == "failed" and failed["error"].startswith("FileNotFoundError: video file not found")
-    lossless = [decoded(tmp_path / name / "out" / "lossless.mkv") for name in ("single", "split")]
+    lossless = [decode(tmp_path / name / "out" / "lossless.mkv") for name in ("single", "split")]
     assert lossless[0].shape[0] == 30 and np.array_equal(*lossless)
     small = tmp_path / "split" / "out" / "small.mp4"
     assert count_frames(small) == 35
@@ -210,17 +214,17 @@ def test_split_over_two_ray_workers_equals_the_single_run(workspace, tmp_path, m
         assert abs(float(container.streams.audio[0].duration * container.streams.audio[0].time_base) - 35 / 25) < 0.05
     sound, rate = sound_of(small)
     assert np.abs(sound[:int(0.18 * rate)]).max() < 1e-3 and np.abs(sound[int(0.2 * rate):]).max() > 0.05
-    source = decoded(folder / "clip_25.00.mp4")
-    h264 = decoded(small).astype(int)
+    source = decode(folder / "clip_25.00.mp4")
+    h264 = decode(small).astype(int)
     assert np.abs(h264[:5] - source[:5].astype(int)).mean() < 2.0  # before the speech: the video's own frames
     assert sorted(p.name for p in (tmp_path / "split" / "out").iterdir()) == ["lossless.mkv", "small.mp4"]
 
 
-def test_split_needs_ray_and_ffv1_needs_mkv(workspace, tmp_path):
+def test_split_needs_ray_and_ffv1_needs_mkv(workspace, tmp_path, capsys):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("video,audio,output,codec\na.mp4,a.wav,o.mp4,ffv1\n")
-    done = batch(workspace, jobs, "--split")
+    done = batch_here(workspace, jobs, capsys, "--split")
     assert done.returncode == 2 and "--split cuts a job across Ray workers: add --ray" in done.stderr
-    done = batch(workspace, jobs)
+    done = batch_here(workspace, jobs, capsys)
     assert done.returncode == 1 and "codec ffv1 writes Matroska; give a name ending in .mkv" in done.stderr
     assert not (tmp_path / "jobs.manifest.jsonl").exists()

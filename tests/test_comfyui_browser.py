@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_server import REPO, comfyui_server, get, post, write_clip, write_speech
+from comfyui_server import REPO, comfyui_server, get, post
+from helpers import write_clip, write_speech
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfyui_server import PACK_NAME, REPO, comfyui_server, get, post, ui_to_api, write_clip, write_speech
+from comfyui_server import PACK_NAME, REPO, comfyui_server, get, post, ui_to_api
+from helpers import write_clip, write_speech
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 TEMPLATE = "Lip sync a talking-head video to speech (LatentSync)"  # its title in Browse Templates

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from latentsync import LipSyncModels, LipSyncPipeline, PipelineOptions, compiled
-from latentsync.attention import create_backend
+from latentsync.attention.selection import create_backend
 from latentsync.models.loading import load_unet
 from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from test_pipeline import make_audio, make_clip
+from helpers import make_audio, make_clip
 
 
 @pytest.fixture(autouse=True)

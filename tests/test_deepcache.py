@@ -11,7 +11,7 @@ from latentsync.denoise import DenoiseSettings, LipSyncDenoiser
 from latentsync.models.deepcache import DeepCacheState
 from latentsync.models.loading import load_unet
 
-from test_denoise import chunks_of, make_denoiser, tiny  # noqa: F401  (tiny is a fixture)
+from helpers import chunks_of, make_denoiser
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +95,23 @@ def test_cached_step_checks_its_state(unet, inputs):
         DenoiseSettings(deepcache_interval=-1)
 
 
-def test_off_by_default_and_interval_one_is_exact(tiny):  # noqa: F811
-    spec, tensors = tiny[0], tiny[1]
+def test_off_by_default_and_interval_one_is_exact(reference_pipeline):
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
     assert DenoiseSettings().deepcache_interval == 0
     results = []
     for interval in (0, 1):
-        denoiser = make_denoiser(tiny, deepcache_interval=interval)
+        denoiser = make_denoiser(reference_pipeline, deepcache_interval=interval)
         denoiser.start()
         results.append(torch.cat(denoiser.run(chunks_of(tensors, spec["num_frames"]))))
     assert torch.equal(results[0], results[1])
     assert (results[0] - tensors["out_pixels"]).abs().max().item() <= 2e-3
 
 
-def test_interval_three_is_close_but_not_exact(tiny):  # noqa: F811
-    spec, tensors = tiny[0], tiny[1]
+def test_interval_three_is_close_but_not_exact(reference_pipeline):
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
     out = {}
     for per_call in (1, 2):  # a batch of chunks (and CFG doubling) goes through the cache together
-        denoiser = make_denoiser(tiny, deepcache_interval=3, chunks_per_call=per_call)
+        denoiser = make_denoiser(reference_pipeline, deepcache_interval=3, chunks_per_call=per_call)
         denoiser.start()
         out[per_call] = torch.cat(denoiser.run(chunks_of(tensors, spec["num_frames"])))
     pixels = out[1]
@@ -122,11 +122,11 @@ def test_interval_three_is_close_but_not_exact(tiny):  # noqa: F811
     assert (out[2] - pixels).abs().max().item() <= 1e-4
 
 
-def test_deep_blocks_run_only_on_full_steps_of_each_batch(tiny):  # noqa: F811
-    spec, tensors, unet = tiny[0], tiny[1], tiny[2]
+def test_deep_blocks_run_only_on_full_steps_of_each_batch(reference_pipeline):
+    spec, tensors, unet = reference_pipeline[0], reference_pipeline[1], reference_pipeline[2]
     settings = DenoiseSettings(steps=7, guidance_scale=spec["guidance_scale"], seed=spec["seed"],
                                chunk_size=spec["num_frames"], deepcache_interval=3)
-    denoiser = LipSyncDenoiser(unet, tiny[3], spec["scheduler"], tensors["mask"], settings)
+    denoiser = LipSyncDenoiser(unet, reference_pipeline[3], spec["scheduler"], tensors["mask"], settings)
     trace = []  # per UNet call: did the mid block and the deepest down block run?
     deep = [unet.mid_block, unet.down_blocks[-1], unet.up_blocks[0]]
     handles = [unet.register_forward_pre_hook(lambda *_: trace.append(0))]

@@ -1,17 +1,12 @@
-"""The seeded denoiser reproduces the published pipeline's output on the tiny reference run."""
-
-import json
+"""The seeded denoiser reproduces the published pipeline's output on the reference's tiny run."""
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
-from safetensors.torch import load_file
 
-from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser
 from latentsync.mask import load_mouth_mask
-from latentsync.models.loading import load_unet
 from latentsync.options import PipelineOptions
+from helpers import chunks_of, make_denoiser
 
 
 def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -19,41 +14,18 @@ def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny(reference_dir):
-    spec = json.loads((reference_dir / "pipeline_tiny.json").read_text())
-    tensors = load_file(str(reference_dir / "pipeline_tiny.safetensors"))
-    vae = AutoencoderKL(**{k: v for k, v in spec["vae_config"].items() if not k.startswith("_")})
-    vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}, strict=True)
-    config = json.loads((reference_dir / "unet_tiny_config.json").read_text())
-    unet = load_unet(reference_dir / spec["unet"], config)
-    return spec, tensors, unet, vae.eval()
-
-
-def make_denoiser(tiny, **overrides):
-    spec, tensors, unet, vae = tiny
-    settings = DenoiseSettings(steps=spec["inference_steps"], guidance_scale=spec["guidance_scale"],
-                               seed=spec["seed"], chunk_size=spec["num_frames"], **overrides)
-    return LipSyncDenoiser(unet, vae, spec["scheduler"], tensors["mask"], settings)
-
-
-def chunks_of(tensors, size):
-    faces, audio = tensors["faces"], tensors["audio_embeds"]
-    return [Chunk(faces[i:i + size], audio[i:i + size]) for i in range(0, faces.shape[0], size)]
-
-
-def test_initial_noise_is_the_reference_draw(tiny):
-    denoiser = make_denoiser(tiny)
+def test_initial_noise_is_the_reference_draw(reference_pipeline):
+    denoiser = make_denoiser(reference_pipeline)
     denoiser.start()
-    expected = tiny[1]["initial_latents"]
+    expected = reference_pipeline[1]["initial_latents"]
     torch.testing.assert_close(denoiser.initial_noise.expand_as(expected), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("chunks_per_call,vae_batch", [(1, 16), (2, 3)])
-def test_reproduces_reference_pixels(tiny, chunks_per_call, vae_batch):
+def test_reproduces_reference_pixels(reference_pipeline, chunks_per_call, vae_batch):
     """Batching chunks through the UNet and splitting VAE calls must not change the result."""
-    spec, tensors = tiny[0], tiny[1]
-    denoiser = make_denoiser(tiny, chunks_per_call=chunks_per_call, vae_batch=vae_batch)
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
+    denoiser = make_denoiser(reference_pipeline, chunks_per_call=chunks_per_call, vae_batch=vae_batch)
     denoiser.start()
     steps_seen = []
     out = denoiser.run(chunks_of(tensors, spec["num_frames"]), on_step=lambda done, total: steps_seen.append(done))
@@ -63,10 +35,10 @@ def test_reproduces_reference_pixels(tiny, chunks_per_call, vae_batch):
     assert steps_seen.count(spec["inference_steps"]) == (2 if chunks_per_call == 1 else 1)
 
 
-def test_short_last_chunk_and_seed_matter(tiny):
+def test_short_last_chunk_and_seed_matter(reference_pipeline):
     """A video whose length is not a multiple of the chunk size works; another seed gives another mouth."""
-    spec, tensors = tiny[0], tiny[1]
-    denoiser = make_denoiser(tiny)
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
+    denoiser = make_denoiser(reference_pipeline)
     denoiser.start()
     first = torch.cat(denoiser.run(chunks_of({k: v[:6] for k, v in tensors.items()}, spec["num_frames"])))
     assert first.shape[0] == 6
@@ -78,9 +50,9 @@ def test_short_last_chunk_and_seed_matter(tiny):
     assert (other - tensors["out_pixels"]).abs()[:, mouth].max().item() > 1e-2
 
 
-def test_paste_keeps_original_outside_mouth(tiny):
-    spec, tensors = tiny[0], tiny[1]
-    denoiser = make_denoiser(tiny)
+def test_paste_keeps_original_outside_mouth(reference_pipeline):
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
+    denoiser = make_denoiser(reference_pipeline)
     denoiser.start()
     out = torch.cat(denoiser.run(chunks_of(tensors, spec["num_frames"])))
     keep = tensors["mask"] == 1.0
@@ -102,13 +74,13 @@ def seam(faces: torch.Tensor, mouth: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("feather", [3, 6])
-def test_mouth_feather_changes_only_the_blend_near_the_edge_and_softens_the_seam(tiny, feather):
+def test_mouth_feather_changes_only_the_blend_near_the_edge_and_softens_the_seam(reference_pipeline, feather):
     from scipy.ndimage import distance_transform_edt
 
-    spec, tensors = tiny[0], tiny[1]
+    spec, tensors = reference_pipeline[0], reference_pipeline[1]
     outputs = []
     for width in (0, feather):
-        denoiser = make_denoiser(tiny, mouth_feather=width)
+        denoiser = make_denoiser(reference_pipeline, mouth_feather=width)
         denoiser.start()
         outputs.append(torch.cat(denoiser.run(chunks_of(tensors, spec["num_frames"]))))
     hard, soft = outputs
@@ -121,8 +93,8 @@ def test_mouth_feather_changes_only_the_blend_near_the_edge_and_softens_the_seam
     assert seam(soft, mouth) < 0.7 * seam(hard, mouth)
 
 
-def test_mouth_mask_matches_reference_resize(reference_dir):
-    tensors = load_file(str(reference_dir / "pipeline_tiny.safetensors"))
+def test_mouth_mask_matches_reference_resize(reference_pipeline):
+    _, tensors, _, _ = reference_pipeline
     torch.testing.assert_close(torch.from_numpy(load_mouth_mask(64).copy()), tensors["mask"], rtol=0, atol=1e-6)
 
 

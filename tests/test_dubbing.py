@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 
 from latentsync.frames import pingpong_index
-from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from comfyui_server import write_clip
-from test_pipeline import decode, make_audio, read_stamp, sound_of, stamp
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
+from helpers import collect, decode, make_audio, read_stamp, sound_of, stamp, write_clip
 
 STEPS = dict(steps=2, detector="dlib")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, media_dir):
-    folder = tmp_path_factory.mktemp("dubbing")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
+def setup(tmp_path_factory, media_dir, tiny_models):
+    folder, models = tmp_path_factory.mktemp("dubbing"), tiny_models
     clip = write_clip(media_dir, folder, "clip.mp4", 1.2, scale=2)  # 30 frames at 25 fps, 256 px faces
     frames = np.stack([stamp(frame, i) for i, frame in enumerate(decode(clip))])
     return {"folder": folder, "models": models, "media": media_dir, "frames": frames}
@@ -31,10 +27,6 @@ def pipeline(setup, **options) -> LipSyncPipeline:
     return LipSyncPipeline(setup["models"], PipelineOptions(**STEPS, **options))
 
 
-def collect(run) -> np.ndarray:
-    return np.concatenate([batch.copy() for batch in run])
-
-
 def test_audio_start_passes_the_lead_through_and_syncs_as_the_cut_video(setup):
     frames, audio = setup["frames"], make_audio(setup["media"], setup["folder"], 0.7)  # 17 frames of speech
     dubbed = pipeline(setup, audio_start=0.4, codec="ffv1")
@@ -42,7 +34,7 @@ def test_audio_start_passes_the_lead_through_and_syncs_as_the_cut_video(setup):
     seen, masks = [], []
     result = dubbed.run(frames, audio, out, fps=25, frame_sink=seen.append, mask_sink=masks.append)
     produced = np.concatenate(seen)
-    assert result.num_frames == len(produced) == 10 + 17 and result.audio_delay == 0.4
+    assert result.output_frames == len(produced) == 10 + 17 and result.audio_delay == 0.4
     assert np.array_equal(produced[:10], frames[:10])  # before the speech: the video, bit for bit
     cut = collect(pipeline(setup).frames(frames[10:], audio, fps=25))
     assert np.array_equal(produced[10:], cut)  # the synced part: a run on the video cut at 0.4 s
@@ -67,7 +59,7 @@ def test_keep_passes_the_tail_through_and_pads_the_sound(setup):
     result = pipeline(setup, audio_start=0.2, when_video_is_longer="keep", codec="ffv1").run(
         frames, audio, out, fps=25, frame_sink=seen.append)
     produced = np.concatenate(seen)
-    assert result.num_frames == len(produced) == 30  # the whole video: 5 + 12 synced + 13
+    assert result.output_frames == len(produced) == 30  # the whole video: 5 + 12 synced + 13
     assert np.array_equal(produced[:5], frames[:5]) and np.array_equal(produced[17:], frames[17:])
     assert not np.array_equal(produced[5:17], frames[5:17])
     assert np.array_equal(decode(out), produced)
@@ -75,7 +67,7 @@ def test_keep_passes_the_tail_through_and_pads_the_sound(setup):
     assert abs(len(sound) / rate - 1.2) < 0.03  # padded to the video's end
     assert np.abs(sound[int(0.72 * rate):]).max() < 1e-3  # silence after the speech (0.2 + 0.5 s)
     # cut (the default) ends with the speech
-    assert pipeline(setup, audio_start=0.2).frames(frames, audio, fps=25).num_frames == 17
+    assert pipeline(setup, audio_start=0.2).frames(frames, audio, fps=25).output_frames == 17
 
 
 @pytest.mark.parametrize("mode, expected", [("pingpong", lambda i: pingpong_index(i, 25)), ("loop", lambda i: i % 25),
@@ -113,7 +105,7 @@ def test_segments_with_a_kept_lead_and_tail_join_to_the_single_run(setup, option
     expected = collect(dubbed.frames(frames, audio, fps=25))
     plan = dubbed.plan_split(frames, audio, fps=25)
     segments = plan.segments(3)
-    assert segments[0].start == 0 and segments[-1].stop == plan.num_frames == len(expected)
+    assert segments[0].start == 0 and segments[-1].stop == plan.output_frames == len(expected)
     assert len(segments) == 2  # two groups of synced frames: at most one segment each
     joined = np.concatenate([collect(dubbed.frames(frames, audio, fps=25, segment=s)) for s in segments])
     assert np.array_equal(joined, expected)

@@ -14,20 +14,18 @@ import pytest
 import torch
 
 from latentsync.frames import VideoFileSource
-from latentsync.pipeline import Cancelled, LipSyncModels, LipSyncPipeline, PipelineOptions
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.errors import Cancelled
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
 from latentsync.video import MediaError
-from test_pipeline import make_audio, make_clip, read_stamp
+from helpers import collect, make_audio, make_clip, read_stamp
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, media_dir):
+def setup(tmp_path_factory, media_dir, tiny_models):
     folder = tmp_path_factory.mktemp("engine")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
-    return {"folder": folder, "models": models, "clip": make_clip(media_dir, folder, 1.0, Fraction(25)),
+    return {"folder": folder, "models": tiny_models, "clip": make_clip(media_dir, folder, 1.0, Fraction(25)),
             "short": make_audio(media_dir, folder, 0.9), "long": make_audio(media_dir, folder, 2.2)}
 
 
@@ -56,10 +54,6 @@ class CountingSource(VideoFileSource):
             yield batch
 
 
-def collect(run) -> np.ndarray:
-    return np.concatenate([batch.copy() for batch in run])
-
-
 def stage_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("latentsync-")]
 
@@ -70,7 +64,7 @@ def test_overlapped_stages_give_the_serial_output_bit_for_bit(setup, audio):
     overlapped = pipeline(setup).frames(setup["clip"], setup[audio])
     frames = collect(overlapped)
     assert np.array_equal(frames, serial)
-    assert len(frames) == overlapped.num_frames
+    assert len(frames) == overlapped.output_frames
     assert stage_threads() == []
     seconds = overlapped.result().seconds
     assert {"decode", "align", "denoise", "restore", "audio", "total"} <= set(seconds)
@@ -78,7 +72,7 @@ def test_overlapped_stages_give_the_serial_output_bit_for_bit(setup, audio):
 
 def test_frames_is_a_generator_the_caller_drives(setup):
     run = pipeline(setup).frames(setup["clip"], setup["short"])
-    assert (run.num_frames, run.fps, run.width, run.height) == (22, 25, 1080, 1920)
+    assert (run.output_frames, run.fps, run.width, run.height) == (22, 25, 1080, 1920)
     first = next(iter(run))
     assert first.shape[1:] == (1920, 1080, 3) and first.dtype == np.uint8
     assert read_stamp(first[0]) == 0

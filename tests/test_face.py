@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from latentsync.face import (AlignedBatch, FaceStage, NoFaceError, available_detectors, create_detector,
-                             no_face_error)
 import cv2_recipe
+from latentsync.errors import NoFaceError
 from latentsync.face.base import usable_faces
 from latentsync.face.choice import LargestFace
+from latentsync.face.detectors import available_detectors, create_detector
 from latentsync.face.geometry import CropGeometry, lanczos4_table, resize_lanczos4_u8, transform_points
+from latentsync.face.stage import AlignedBatch, FaceStage, no_face_error
 
 STRIDE = int(os.environ.get("LATENTSYNC_FACE_TEST_STRIDE", "5"))
 R = 512

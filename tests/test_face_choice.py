@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from latentsync.face.choice import FaceTracker
-from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
 from latentsync.video import VideoWriter, iter_frame_batches, video_encoder
-from test_pipeline import make_audio
+from helpers import make_audio
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 16
@@ -41,11 +40,9 @@ def two_faces(media_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, media_dir):
+def setup(tmp_path_factory, media_dir, tiny_set, tiny_models):
     folder = tmp_path_factory.mktemp("faces")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
-    return {"folder": folder, "config": config, "models": models,
+    return {"folder": folder, "checkpoints": tiny_set.checkpoints, "config": tiny_set.config, "models": tiny_models,
             "audio": make_audio(media_dir, folder, FRAMES / 25 + 0.01)}
 
 
@@ -93,7 +90,7 @@ def test_cli_face_flag(setup, two_faces, tmp_path):
     source = np.concatenate(list(iter_frame_batches(clip, 16)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     out = tmp_path / "synced.mp4"
-    done = subprocess.run([sys.executable, "-m", "latentsync", "--checkpoints", str(setup["folder"] / "checkpoints"),
+    done = subprocess.run([sys.executable, "-m", "latentsync", "--checkpoints", str(setup["checkpoints"]),
                            "--unet-config", str(setup["config"]), "--detector", "dlib", "--device", "cpu", "--quiet",
                            "--steps", "1", "--face", "2", "--resolution", "256", "--video", str(clip), "--audio",
                            str(setup["audio"]),

@@ -11,11 +11,10 @@ import torch
 from diffusers import DDIMScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from latentsync import LipSyncModels, LipSyncPipeline, PipelineOptions
+from latentsync import LipSyncPipeline, PipelineOptions
 from latentsync.checkpoints import SCHEDULER_CONFIG
 from latentsync.denoise import ddim_steps
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from test_pipeline import make_audio, make_clip
+from helpers import make_audio, make_clip
 
 # the ops that make the host wait for a CUDA device: a value read back (item, bool, int of a tensor), or a shape that
 # depends on the data
@@ -55,11 +54,9 @@ def syncs_between_marks(events: list[str]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, media_dir):
+def tiny(tmp_path_factory, media_dir, tiny_models):
     folder = tmp_path_factory.mktemp("gpu-ready")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
-    return models, make_clip(media_dir, folder, 1.0, Fraction(25)), make_audio(media_dir, folder, 0.9)
+    return tiny_models, make_clip(media_dir, folder, 1.0, Fraction(25)), make_audio(media_dir, folder, 0.9)
 
 
 def test_no_host_sync_between_denoising_steps(tiny):
@@ -153,7 +150,7 @@ def test_face_warp_in_float16_is_the_published_align_warp():
     import kornia
     import numpy as np
 
-    from latentsync.face import FaceStage
+    from latentsync.face.stage import FaceStage
 
     resolution = 128
     rng = np.random.default_rng(3)
@@ -187,7 +184,7 @@ def test_unconditional_cross_attention_as_its_bias_is_the_same_bits(reference_di
     with all-zero audio for that half: DeepCache off and on."""
     from safetensors.torch import load_file
 
-    from latentsync.attention import create_backend
+    from latentsync.attention.selection import create_backend
     from latentsync.models.deepcache import DeepCacheState
     from latentsync.models.loading import load_unet
     from latentsync.models.transformer import GuidedAudio

@@ -589,14 +589,14 @@ def test_dubbing_widgets_place_the_speech_and_the_mouth_mask_output(package, nod
     assert np.array_equal(video.get_components().audio["waveform"].numpy(), sound["waveform"].repeat(1, 2, 1).numpy())
 
 
-def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_any_work(package, node_env, short_clip,
-                                                                                 monkeypatch):
+def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_a_frame_is_made(package, node_env,
+                                                                                       short_clip, monkeypatch):
     import types
 
     images, _, audio, fps = short_clip
     model = load_model(package)
     memory = library("memory_limiter")
-    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10 ** 6))
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10 ** 6, total=2 ** 36))
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
               "9": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 3]}}}
     with pytest.raises(MemoryError, match="the mouth_mask output would take .* disconnect mouth_mask and use the "

@@ -1,7 +1,7 @@
 """End to end: real clips, tiny real-format checkpoints, the real detector, decoder and encoder.
 
-Source frames carry a binary stamp of their index in the top-left corner (far from the face), so each output
-frame tells which source frame it was made from: loops, cuts and frame-rate handling are checked exactly.
+Source frames carry a binary stamp of their index (``helpers.stamp``), so each output frame tells which source
+frame it was made from: loops, cuts and frame-rate handling are checked exactly.
 """
 
 from __future__ import annotations
@@ -17,95 +17,23 @@ import numpy as np
 import pytest
 import soundfile
 
+from latentsync.errors import Cancelled
 from latentsync.frames import pingpong_index
-from latentsync.pipeline import Cancelled, LipSyncModels, LipSyncPipeline, PipelineOptions
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from latentsync.video import MediaError, VideoWriter, iter_frame_batches
-
-BITS, CELL = 8, 16  # stamp: 8 cells of 16x16 px, white = 1
-
-
-def stamp(frame: np.ndarray, index: int) -> np.ndarray:
-    frame = frame.copy()
-    for bit in range(BITS):
-        frame[:CELL, bit * CELL:(bit + 1) * CELL] = 255 if (index >> bit) & 1 else 0
-    return frame
-
-
-def read_stamp(frame: np.ndarray) -> int:
-    cells = [frame[2:CELL - 2, b * CELL + 2:(b + 1) * CELL - 2].mean() for b in range(BITS)]
-    return sum(1 << b for b, value in enumerate(cells) if value > 127)
-
-
-def decode(path: Path) -> np.ndarray:
-    return np.concatenate(list(iter_frame_batches(path, 64)))
-
-
-def sound_of(path) -> tuple[np.ndarray, int]:
-    """A file's first audio stream decoded: the channels' mean, and its sample rate."""
-    with av.open(str(path)) as container:
-        rate = container.streams.audio[0].sample_rate
-        return np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(audio=0)]), rate
-
-
-def stream_info(path: Path) -> dict:
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        audio = container.streams.audio
-        frames = sum(1 for _ in container.decode(video=0))
-        return {"frames": frames, "rate": Fraction(video.average_rate), "audio_streams": len(audio),
-                "audio_seconds": float(audio[0].duration * audio[0].time_base) if audio and audio[0].duration
-                else None, "width": video.width, "height": video.height}
-
-
-def make_clip(media_dir: Path, folder: Path, seconds: float, fps: Fraction) -> Path:
-    """The start of demo1 resampled to ``fps`` (nearest frame in time), every frame stamped with its index."""
-    source = decode_first(media_dir / "demo1_video.mp4", int(seconds * 25) + 2)
-    count = int(seconds * fps)
-    out = folder / f"clip_{float(fps):.2f}.mp4"
-    with VideoWriter(out, source.shape[2], source.shape[1], fps) as writer:
-        for i in range(count):
-            writer.write(stamp(source[min(len(source) - 1, int(i * 25 / fps))], i))
-    return out
-
-
-def decode_first(path: Path, count: int) -> np.ndarray:
-    frames = []
-    for batch in iter_frame_batches(path, 16):
-        frames.append(batch)
-        if sum(len(b) for b in frames) >= count:
-            break
-    return np.concatenate(frames)[:count]
-
-
-def make_audio(media_dir: Path, folder: Path, seconds: float) -> Path:
-    speech, rate = soundfile.read(media_dir / "long_speech_39s.wav", dtype="int16")
-    path = folder / f"speech_{seconds:.2f}.wav"
-    soundfile.write(path, speech[: int(seconds * rate)], rate, subtype="PCM_16")
-    return path
-
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
+from latentsync.video import MediaError
+from helpers import CELL, decode, make_audio, make_clip, read_stamp, stamp, stream_info, write_clip
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, media_dir):
+def workspace(tmp_path_factory, media_dir, tiny_set):
     folder = tmp_path_factory.mktemp("pipeline")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    return {"folder": folder, "config": config, "checkpoints": folder / "checkpoints",
+    return {"folder": folder, "config": tiny_set.config, "checkpoints": tiny_set.checkpoints,
             "clip25": make_clip(media_dir, folder, 1.0, Fraction(25)),
             "clip30": make_clip(media_dir, folder, 1.0, Fraction(30000, 1001))}
 
 
 @pytest.fixture(scope="module")
-def pipeline(workspace, monkeypatch_module):
-    monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
-    options = PipelineOptions(steps=2, seed=1247, detector="dlib", memory_mode="aggressive")
-    models = LipSyncModels.load("1.6", workspace["checkpoints"], unet_config=workspace["config"], device="cpu")
-    return LipSyncPipeline(models, options)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+def pipeline(tiny_models):
+    return LipSyncPipeline(tiny_models, PipelineOptions(steps=2, seed=1247, detector="dlib", memory_mode="aggressive"))
 
 
 def test_audio_shorter_cuts_and_keeps_everything_but_the_face(pipeline, workspace, media_dir):
@@ -113,7 +41,7 @@ def test_audio_shorter_cuts_and_keeps_everything_but_the_face(pipeline, workspac
     audio = make_audio(media_dir, workspace["folder"], 0.7)
     result = pipeline.run(workspace["clip25"], audio, out)
     info = stream_info(out)
-    assert result.num_frames == info["frames"] == int(0.7 * 25)
+    assert result.output_frames == info["frames"] == int(0.7 * 25)
     assert info["rate"] == 25 and info["audio_streams"] == 1
     assert abs(info["audio_seconds"] - info["frames"] / 25) < 0.05
     frames, source = decode(out), decode(workspace["clip25"])
@@ -129,7 +57,7 @@ def test_audio_longer_loops_forward_backward(pipeline, workspace, media_dir):
     audio = make_audio(media_dir, workspace["folder"], 2.4)
     result = pipeline.run(workspace["clip25"], audio, out)
     frames = decode(out)
-    assert len(frames) == result.num_frames == 60
+    assert len(frames) == result.output_frames == 60
     assert [read_stamp(f) for f in frames] == [pingpong_index(i, 25) for i in range(60)]
 
 
@@ -194,7 +122,6 @@ def test_cli_reports_user_errors_in_one_sentence(workspace, media_dir, tmp_path)
 
 def small_cli_run(workspace, media_dir, out: Path, seconds: float) -> list[str]:
     """The command line of a quick run: the clip at half size (dlib finds the face 4x sooner), 256 px faces."""
-    from comfyui_server import write_clip
 
     small = workspace["folder"] / "clip_half.mp4"
     if not small.exists():
@@ -292,7 +219,7 @@ def test_out_of_memory_mid_run_retries_smaller_and_delivers_each_frame_once(pipe
     result = pipeline.run(workspace["clip25"], make_audio(media_dir, workspace["folder"], 1.3), out,
                           frame_sink=delivered.append)
     frames = np.concatenate(delivered)
-    assert result.num_frames == len(frames) == 32
+    assert result.output_frames == len(frames) == 32
     assert result.plan.vae_batch < 4  # the retry ran with halved batches
     assert [read_stamp(f) for f in frames] == [pingpong_index(i, 25) for i in range(32)]  # each frame once
     assert stream_info(out)["frames"] == 32
@@ -317,7 +244,7 @@ def test_frames_only_run_writes_no_file_and_keeps_the_callers_audio_rate(pipelin
     audio = {"waveform": torch.from_numpy(np.repeat(stereo, 3, axis=1))[None], "sample_rate": 3 * rate}  # 48 kHz
     seen = []
     result = pipeline.run(source, audio, fps=25, frame_sink=seen.append)
-    assert result.output_path is None and sum(len(f) for f in seen) == result.num_frames == 16
+    assert result.output_path is None and sum(len(f) for f in seen) == result.output_frames == 16
     assert list(tmp_path.iterdir()) == []
     out = tmp_path / "with_audio.mp4"
     pipeline.run(source, audio, out, fps=25)

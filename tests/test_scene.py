@@ -9,11 +9,9 @@ import pytest
 import soundfile
 
 from latentsync import NoFaceError, cli
-from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
 from latentsync.scene import Line
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-from comfyui_server import write_clip
-from test_pipeline import decode, read_stamp, sound_of, stamp
+from helpers import collect, decode, read_stamp, sound_of, stamp, write_clip
 
 RATE, FPS = 16000, 25
 PER_FRAME = RATE // FPS  # 640 samples of speech per video frame
@@ -21,10 +19,8 @@ SPEECH = (0.5, 1.4)  # seconds of demo1's track that are speech throughout (its 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, media_dir):
-    folder = tmp_path_factory.mktemp("scene")
-    config = make_tiny_checkpoints(folder / "checkpoints")
-    models = LipSyncModels.load("1.6", folder / "checkpoints", unet_config=config, device="cpu")
+def setup(tmp_path_factory, media_dir, tiny_set, tiny_models):
+    folder, models = tmp_path_factory.mktemp("scene"), tiny_models
     clip = write_clip(media_dir, folder, "clip.mp4", 3.2, scale=2)  # 80 frames, 256 px faces
     frames = np.stack([stamp(frame, i) for i, frame in enumerate(decode(clip))])
     track, rate = soundfile.read(media_dir / "demo1_audio.wav", dtype="float32")
@@ -32,15 +28,12 @@ def setup(tmp_path_factory, media_dir):
     words = track[int(SPEECH[0] * RATE):int(SPEECH[1] * RATE)]  # 0.9 s of speech
     # the take's track, as long as the video: speech, 1.4 s of silence (44 % of it), speech
     take = np.concatenate([words, np.zeros(int(1.4 * RATE), np.float32), words])
-    return {"folder": folder, "models": models, "frames": frames, "words": words, "take": take}
+    return {"folder": folder, "models": models, "frames": frames, "words": words, "take": take,
+            "checkpoints": tiny_set.checkpoints, "config": tiny_set.config}
 
 
 def pipeline(setup, **options) -> LipSyncPipeline:
     return LipSyncPipeline(setup["models"], PipelineOptions(steps=2, detector="dlib", **options))
-
-
-def collect(run) -> np.ndarray:
-    return np.concatenate([batch.copy() for batch in run])
 
 
 def synced_ranges(produced: np.ndarray, frames: np.ndarray) -> list[tuple[int, int]]:
@@ -63,7 +56,7 @@ def test_only_the_speech_is_synced_each_stretch_as_a_run_on_it_the_rest_is_the_s
     result = pipeline(setup, sync_only_speech=True, speech_blend=0, when_video_is_longer="keep", codec="ffv1").run(
         frames, (take, RATE), out, fps=FPS, frame_sink=seen.append)
     produced = np.concatenate(seen)
-    assert result.num_frames == len(produced) == len(frames)
+    assert result.output_frames == len(produced) == len(frames)
     assert [read_stamp(f) for f in produced] == list(range(len(frames)))
     assert np.array_equal(decode(out), produced)  # one lossless encode
     ranges = synced_ranges(produced, frames)
@@ -116,7 +109,7 @@ def test_two_lines_at_their_times_with_their_sound(setup, tmp_path):
     result = pipeline(setup, when_video_is_longer="keep", codec="ffv1").run(
         frames, [Line(first, 0.4), Line(second, 2.0)], out, fps=FPS, frame_sink=seen.append)
     produced = np.concatenate(seen)
-    assert result.num_frames == len(produced) == 80
+    assert result.output_frames == len(produced) == 80
     # line 1: frames 10..26 (0.64 s), line 2: frames 50..72 (0.9 s); every other frame the source's
     assert synced_ranges(produced, frames) == [(10, 26), (50, 72)]
     sound, rate = sound_of(out)
@@ -182,9 +175,8 @@ def test_a_jobs_file_runs_a_scene_from_its_lines_column(setup, media_dir, tmp_pa
     table = tmp_path / "jobs.csv"
     table.write_text("video,audio,output,lines,codec,when_video_is_longer\n"
                      "clip.mp4,,scene.mkv,line.wav@0;line.wav@0.8@0,ffv1,keep\n")
-    checkpoints = setup["folder"] / "checkpoints"
-    argv = ["batch", str(table), "--checkpoints", str(checkpoints), "--unet-config",
-            str(next(checkpoints.glob("*.yaml"))), "--device", "cpu", "--detector", "dlib", "--steps", "2", "--quiet",
+    argv = ["batch", str(table), "--checkpoints", str(setup["checkpoints"]), "--unet-config",
+            str(setup["config"]), "--device", "cpu", "--detector", "dlib", "--steps", "2", "--quiet",
             "--resolution", "256"]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert "1 done, 0 already complete" in capsys.readouterr().out

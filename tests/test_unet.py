@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentsync.attention import ROLES, StandardAttention
+from latentsync.attention.core import ROLES, StandardAttention
 from latentsync.models import (CheckpointCorruptError, CheckpointMismatchError, UNet3DConditionModel, load_unet,
                                load_unet_config)
 from latentsync.models.motion_module import PositionalEncoding

@@ -13,8 +13,8 @@ import pytest
 
 from latentsync import video as video_module
 from latentsync.video import (MediaError, VideoWriter, choose_video_encoder, count_frames, find_ffmpeg,
-                              iter_frame_batches, nvenc_available, probe_video, read_frames, write_wav)
-from test_pipeline import sound_of
+                              iter_frame_batches, nvenc_available, probe_video, write_wav)
+from helpers import sound_of
 
 FAST = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p"]
 
@@ -153,10 +153,6 @@ def test_start_and_random_access_land_on_the_right_frames(numbered_clip):
         levels = [_frame_level(f) for b in batches for f in b]
         assert levels == list(range(start, 60)), start
     assert list(iter_frame_batches(numbered_clip, 5, start=60)) == []
-    picked = read_frames(numbered_clip, [30, 3, 30, 50])
-    assert [_frame_level(f) for f in picked] == [30, 3, 30, 50]
-    with pytest.raises(MediaError, match="frame 70 does not exist"):
-        read_frames(numbered_clip, [5, 70])
 
 
 def test_rotation_is_applied(tmp_path, numbered_clip):

@@ -3,22 +3,21 @@ each tier's output against the default's."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from latentsync.attention import create_backend
+from latentsync.attention.selection import create_backend
 from latentsync.checkpoints import SCHEDULER_CONFIG
 from latentsync.denoise import Chunk, DenoiseSettings, LipSyncDenoiser
-from latentsync.face import FaceStage
 from latentsync.face.geometry import CropGeometry
+from latentsync.face.stage import FaceStage
 from latentsync.mask import load_mouth_mask
 from latentsync.memory_limiter import Hardware, OutOfMemory, Workload, plan_memory
 from latentsync.models.streaming import stream_groups, streamed_weights
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.options import PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import TINY_RESOLUTION, TINY_UNET, TINY_VAE
-from latentsync.vram import (CUDA_CONTEXT, GB, GpuWork, ModelShapes, VramModel, _face_affine, count_denoise,
+from latentsync.vram import (CUDA_CONTEXT, GB, GpuWork, ModelShapes, _face_affine, count_denoise,
                              count_faces, count_paste, count_warp)
 from latentsync.vram_tracker import LiveBytes
 
