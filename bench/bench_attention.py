@@ -22,18 +22,14 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from latentsync.attention import (BACKENDS, StandardAttention, backend_report, create_backend,  # noqa: E402
-                                  relative_error)
-from latentsync.attention import availability  # noqa: E402
+from common import REPO  # first: puts the repository on the path
+from latentsync.attention.core import StandardAttention, relative_error
+from latentsync.attention.registry import BACKENDS
+from latentsync.attention.selection import availability, backend_report, create_backend
 
 CHANNELS = (320, 640, 1280, 1280)
 HEADS = 8

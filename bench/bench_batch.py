@@ -16,11 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
-
-from report import tiny_cli_inputs, write_report  # noqa: E402
+from common import REPO, tiny_cli_inputs, write_report
 
 
 def timed(command: list[str], env: dict) -> float:

@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from latentsync.attention import create_backend  # noqa: E402
-from latentsync.checkpoints import get_version  # noqa: E402
-from latentsync.models.loading import load_unet, load_unet_config  # noqa: E402
-from latentsync.models.transformer import GuidedAudio  # noqa: E402
-from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
-from report import write_report  # noqa: E402
+from common import REPO, write_report  # first: puts the repository on the path
+from latentsync.attention.selection import create_backend
+from latentsync.checkpoints import get_version
+from latentsync.models.loading import load_unet, load_unet_config
+from latentsync.models.transformer import GuidedAudio
+from latentsync.models.unet import UNet3DConditionModel
 
 FRAMES = 16
 

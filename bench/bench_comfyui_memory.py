@@ -21,14 +21,9 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
+from common import REPO, PeakRSS, demo_clip, looped_speech, write_report  # first: the repository on the path
+from comfyui_server import comfyui_server
 
-from comfyui_server import comfyui_server, write_clip, write_speech  # noqa: E402
-from report import PeakRSS, write_report  # noqa: E402
-
-MEDIA = REPO.parent / "shared" / "media"
 GB = 1024 ** 3
 
 
@@ -58,8 +53,8 @@ def run_route(route: str, comfyui_dir: str, checkpoints: Path, config: Path, sec
               folder: Path) -> dict:
     base = folder / f"base-{route}"
     (base / "input").mkdir(parents=True)
-    video = write_clip(MEDIA, base / "input", "clip.mp4", seconds).name
-    audio = write_speech(MEDIA, base / "input", "speech.wav", seconds).name
+    video = demo_clip(base / "input", seconds).name
+    audio = looped_speech(base / "input", seconds).name
     env = {"LATENTSYNC_CHECKPOINTS": str(checkpoints), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
     with comfyui_server(comfyui_dir, base, env, os.environ.get("COMFYUI_PYTHON")) as server:
         idle = psutil.Process(server.process.pid).memory_info().rss

@@ -18,10 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO
 
 
 def best_ms(call, reps: int = 3) -> float:
@@ -41,7 +39,7 @@ def measure(args) -> dict:
     """One process's figures."""
     import torch
 
-    from latentsync.attention import create_backend
+    from latentsync.attention.selection import create_backend
     from latentsync.compiled import StaticShapes
 
     device = torch.device(args.device)
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
     if args.measure:
         print(json.dumps(measure(args)))
         return 0
-    from report import write_report
+    from common import write_report
 
     runs = []
     with tempfile.TemporaryDirectory() as cache:

@@ -34,15 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from latentsync.audio import WhisperEncoder, load_audio  # noqa: E402
-from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions  # noqa: E402
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints  # noqa: E402
-from latentsync.video import VideoWriter, iter_frame_batches  # noqa: E402
-from bench_memory import looped_speech  # noqa: E402
-from report import write_report  # noqa: E402
+from common import REPO, write_report  # first: puts the repository on the path
+from latentsync.audio import WhisperEncoder, load_audio
+from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
+from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
+from latentsync.video import VideoWriter, iter_frame_batches
+from bench_memory import looped_speech
 
 SHARED = REPO.parent / "shared"
 MEDIA = SHARED / "media"
@@ -92,7 +89,7 @@ def scene_runs(models, folder: Path, seconds: float, steps: int, scale: int) -> 
         started = time.perf_counter()
         result = pipeline.run(video, lines, folder / f"scene_{only_speech}.mp4")
         wall = time.perf_counter() - started
-        rows[name] = {"frames": result.num_frames, "frames_synced": synced, "wall_seconds": round(wall, 1)}
+        rows[name] = {"frames": result.output_frames, "frames_synced": synced, "wall_seconds": round(wall, 1)}
     rows["speed-up"] = round(rows["every frame of the lines"]["wall_seconds"] / rows["sync_only_speech"]["wall_seconds"],
                              2)
     return rows
@@ -105,8 +102,8 @@ def timed(models, options: dict, video: Path, audio: Path, out: Path, steps: int
     result = pipeline.run(video, audio, out, frame_sink=frames.append if masks is not None else None,
                           mask_sink=masks.append if masks is not None else None)
     wall = time.perf_counter() - started
-    row = {"options": options, "frames": result.num_frames, "wall_seconds": round(wall, 3),
-           "frames_per_second": round(result.num_frames / wall, 3)}
+    row = {"options": options, "frames": result.output_frames, "wall_seconds": round(wall, 3),
+           "frames_per_second": round(result.output_frames / wall, 3)}
     return (row, np.concatenate(frames)) if masks is not None else row
 
 

@@ -24,13 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import MEDIA, REPO, write_report  # first: puts the repository on the path
+from latentsync.video import find_ffmpeg, iter_frame_batches
 
-from latentsync.video import find_ffmpeg, iter_frame_batches  # noqa: E402
-from report import write_report  # noqa: E402
-
-MEDIA = REPO.parent / "shared" / "media"
 CRF = 18
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +20,12 @@ import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2_recipe  # the published one-frame recipe: the baseline
+from common import MEDIA  # first: puts the repository on the path
+from latentsync.face.detectors import available_detectors, create_detector
+from latentsync.face.stage import FaceStage
 
-from latentsync.face import FaceStage, available_detectors, create_detector  # noqa: E402
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import cv2_recipe  # noqa: E402  (the one-frame OpenCV recipe the tests cross-check against)
-
-DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "media" / "demo1_video.mp4"
+DEFAULT_VIDEO = MEDIA / "demo1_video.mp4"
 
 
 def decode(path: Path, n: int) -> np.ndarray:
@@ -72,7 +70,7 @@ def bench_naive(detector, frames, anchors, resolution) -> dict:
     t_detect = t_warp = 0.0
     for frame in frames:
         t0 = time.perf_counter()
-        a = detector.detect_one(frame)
+        a = detector.detect(frame[None])[0]
         t1 = time.perf_counter()
         m = stage.affine_from_anchors(a[None])[0].double().numpy()
         face = cv2_recipe.align_one(frame, m, resolution)

@@ -12,15 +12,18 @@ frames go to the disk cache). Then dubbing: 1 s of speech placed 2 s into the vi
 ratios; the target is <= 1.10. ``--pair scene``: the 10 s clip with 2 lines against the clip looped to
 ``--scene-seconds`` (600) with 20, both ``--sync-only-speech on --when-video-is-longer keep``.
 
-``--slope-seconds S``: one run of S seconds of speech on demo1 looped and scaled to 540x960 (where the frame count
-matters, not the frame size), its process's RSS sampled every second: the slope in KB per output frame fitted to
-the medians of the 6th to 9th tenth of the run (frames at the run's average rate; target < 1 KB a frame), and each
-tenth's median RSS. The last tenth is left out: the encoder's flush and the process's teardown free hundreds of MB.
+``--slope-seconds S [--one-thread]``: one run of S seconds of speech on demo1 looped and scaled to 540x960 (where
+the frame count matters, not the frame size), the command line's job in ``heap_probe.py``'s process: after every
+synced group its RSS, its C heap in use (glibc's count: what malloc handed out, torch's tensors included, neither
+free pages nor fragmentation) and Python's heap (tracemalloc). Each slope in KB per frame is fitted over the
+50-90 % of the frames (target < 1 KB a frame), with its standard error; and the Python lines that grew most.
+``--one-thread`` runs the stages one after another, so every sample is taken at the same point of the same work.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -30,13 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import soundfile
-from report import PeakRSS, write_report
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
-sys.path.insert(0, str(REPO))
+from common import MEDIA, REPO, PeakRSS, looped_speech, looped_video, write_report
 
 
 def peak_rss_of(command: list[str], env: dict) -> tuple[float, float, int]:
@@ -50,76 +49,42 @@ def peak_rss_of(command: list[str], env: dict) -> tuple[float, float, int]:
     return sampler.peak / 1e6, time.perf_counter() - started, process.returncode
 
 
-def looped_speech(seconds: float, folder: Path) -> Path:
-    """The first ``seconds`` of long_speech_39s.wav, played again as often as needed."""
-    speech, rate = soundfile.read(MEDIA / "long_speech_39s.wav", dtype="int16")
-    reps = int(np.ceil(seconds * rate / len(speech)))
-    path = folder / f"speech_{seconds:g}s.wav"
-    soundfile.write(path, np.tile(speech, reps)[: int(seconds * rate)], rate, subtype="PCM_16")
-    return path
-
-
-def looped_video(seconds: float, folder: Path) -> Path:
-    """demo1 played again and again to about ``seconds``, the stream copied (no re-encode)."""
-    from latentsync.video.ffmpeg import find_ffmpeg
-
-    path = folder / f"video_{int(seconds)}s.mp4"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-stream_loop",
-                    str(int(np.ceil(seconds / 10.0)) - 1), "-i", str(MEDIA / "demo1_video.mp4"), "-an", "-c", "copy",
-                    str(path)], check=True)
-    return path
-
-
 def scene_lines(folder: Path, seconds: float, count: int) -> list[str]:
     """``--line`` flags: ``count`` lines of 1.5 s of speech, one at the start of each ``count``-th of the take."""
-    line = looped_speech(1.5, folder)
+    line = looped_speech(folder, 1.5)
     return [flag for k in range(count) for flag in ("--line", f"{line}@{k * seconds / count + 0.5:.2f}")]
 
 
-def rss_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config: Path) -> dict:
-    """One long run's RSS through time: the slope in KB per frame over its second half."""
-    from latentsync.video.ffmpeg import find_ffmpeg
-
-    video = folder / f"video_{int(seconds)}s_540.mp4"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-stream_loop",
-                    str(int(np.ceil(seconds / 10.0))), "-i", str(MEDIA / "demo1_video.mp4"), "-an", "-vf",
-                    "scale=540:960", "-t", str(seconds), str(video)], check=True)
-    out = folder / "slope.mp4"
-    command = [sys.executable, "-m", "latentsync", "--video", str(video), "--audio", str(looped_speech(seconds, folder)),
-               "--out", str(out), "--checkpoints", str(checkpoints), "--unet-config", str(config), "--detector",
-               "dlib", "--steps", "1", "--quiet", "--device", "cpu"]
+def heap_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config: Path, one_thread: bool) -> dict:
+    """One long run's memory after every synced group (``heap_probe.py``): slopes in KB per frame, fitted by least
+    squares over the frames of the 50-90 % of the run, with their standard errors."""
+    video, audio = looped_video(folder, seconds, size="540:960"), looped_speech(folder, seconds)
+    samples_file = folder / "samples.json"
+    command = [sys.executable, str(Path(__file__).with_name("heap_probe.py")), str(samples_file),
+               *(["--one-thread"] if one_thread else []), "--", "--video", str(video), "--audio", str(audio),
+               "--out", str(folder / "slope.mp4"), "--checkpoints", str(checkpoints), "--unet-config", str(config),
+               "--detector", "dlib", "--steps", "1", "--resolution", "256", "--quiet", "--device", "cpu"]
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watched, samples = psutil.Process(process.pid), []
-    while process.poll() is None:
-        try:
-            samples.append((time.perf_counter() - started, watched.memory_info().rss))
-        except psutil.Error:
-            break
-        time.sleep(1.0)
-    stderr = process.communicate()[1].decode(errors="replace")
-    if process.returncode:
-        print(stderr[-3000:], file=sys.stderr)
-    frames = _count_frames(out) if out.exists() else 0
-    elapsed = time.perf_counter() - started
-    times, rss = np.array([t for t, _ in samples]), np.array([r for _, r in samples], dtype=np.float64)
-    # the second half of the frames' making: the models' loading before and the encoder's last flush and the
-    # process's teardown after (RSS falls by hundreds of MB there) are left out, and each tenth of the run is
-    # its median (RSS swings by ~150 MB within a few groups as buffers are filled and the heap trimmed)
-    tenths = [rss[(times >= k * times[-1] / 10) & (times < (k + 1) * times[-1] / 10)] for k in range(10)]
-    medians = np.array([np.median(part) if len(part) else np.nan for part in tenths])
-    middle = np.arange(5, 9)  # 50-90 % of the run
-    known = middle[np.isfinite(medians[middle])]
-    per_second, error = np.nan, np.nan
-    if len(known) > 3:  # the fit's standard error: what this run can resolve
-        fit, cov = np.polyfit((known + 0.5) * times[-1] / 10, medians[known], 1, cov=True)
-        per_second, error = fit[0], float(np.sqrt(cov[0, 0]))
-    per_frame = 1024 * frames / elapsed
-    return {"seconds_of_speech": seconds, "frames": frames, "seconds": round(elapsed, 1), "exit_code":
-            process.returncode, "slope_kb_per_frame": round(per_second / per_frame, 2),
-            "slope_standard_error_kb_per_frame": round(error / per_frame, 2),
-            "fitted": "medians of the 6th to 9th tenth of the run",
-            "rss_mb_median_each_tenth": [None if np.isnan(m) else round(m / 1e6) for m in medians],
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"exit_code": done.returncode}
+    probe = json.loads(samples_file.read_text())
+    frames = np.array([sample["frames"] for sample in probe["samples"]], dtype=np.float64)
+    total = probe["frames"]
+    fitted = (frames >= 0.5 * total) & (frames < 0.9 * total)
+    slopes = {}
+    for name in ("rss", "c_heap", "python_heap"):
+        values = np.array([sample[name] for sample in probe["samples"]], dtype=np.float64)
+        (slope, _), cov = np.polyfit(frames[fitted], values[fitted], 1, cov=True)
+        slopes[name] = {"kb_per_frame": round(slope / 1024, 3), "standard_error": round(np.sqrt(cov[0, 0]) / 1024, 3),
+                        "mb_at_each_tenth": [round(float(np.median(values[(frames >= k * total / 10) &
+                                                                          (frames < (k + 1) * total / 10)])) / 2**20)
+                                             for k in range(10)]}
+    return {"seconds_of_speech": seconds, "frames": total, "seconds": round(time.perf_counter() - started, 1),
+            "exit_code": 0, "stages": "one thread" if one_thread else "overlapped (as the command line runs)",
+            "fitted": "least squares over the samples of the 50-90 % of the frames, one after every group",
+            "slopes": slopes, "python_lines_grown_most_from_40_to_90_percent": probe["growth"][:8],
             "target_kb_per_frame": "< 1"}
 
 
@@ -131,7 +96,8 @@ def main() -> int:
                         help="speech: the short and the long speech; kept: the two dubbing runs; scene: a 10 s take "
                              "with 2 lines against --scene-seconds with 20, sync_only_speech")
     parser.add_argument("--scene-seconds", type=float, default=600.0, help="the long take of the scene pair")
-    parser.add_argument("--slope-seconds", type=float, default=None, help="instead: one run's RSS slope per frame")
+    parser.add_argument("--slope-seconds", type=float, default=None, help="instead: one run's memory slope per frame")
+    parser.add_argument("--one-thread", action="store_true", help="with --slope-seconds: the stages in one thread")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "memory.json"))
     args = parser.parse_args()
 
@@ -142,22 +108,22 @@ def main() -> int:
         config = make_tiny_checkpoints(folder / "checkpoints", resolution=64)  # small model: measure buffering
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
         if args.slope_seconds:
-            result = rss_slope(args.slope_seconds, folder, env, folder / "checkpoints", config)
-            write_report({"benchmark": "RSS slope through one long run (tiny checkpoints, 540x960)", **result},
-                          args.out)
+            result = heap_slope(args.slope_seconds, folder, env, folder / "checkpoints", config, args.one_thread)
+            write_report({"benchmark": "memory slope through one long run (tiny checkpoints, 540x960)", **result},
+                         args.out)
             return 0 if result["exit_code"] == 0 else 1
         demo, dub = MEDIA / "demo1_video.mp4", ["--audio-start", "2", "--when-video-is-longer", "keep"]
         runs = {}
         if args.pair in ("both", "speech"):
             runs.update(short=(demo, MEDIA / "demo1_audio.wav", []),
-                        long=(demo, looped_speech(args.long_seconds, folder), []))
+                        long=(demo, looped_speech(folder, args.long_seconds), []))
         if args.pair in ("both", "kept"):
-            runs.update(kept_short=(demo, looped_speech(1.0, folder), dub),
-                        kept_long=(looped_video(args.kept_seconds, folder), looped_speech(1.0, folder), dub))
+            runs.update(kept_short=(demo, looped_speech(folder, 1.0), dub),
+                        kept_long=(looped_video(folder, args.kept_seconds), looped_speech(folder, 1.0), dub))
         if args.pair == "scene":
             scene = ["--sync-only-speech", "on", "--when-video-is-longer", "keep"]
             runs.update(scene_short=(demo, None, scene + scene_lines(folder, 10.0, 2)),
-                        scene_long=(looped_video(args.scene_seconds, folder), None,
+                        scene_long=(looped_video(folder, args.scene_seconds), None,
                                     scene + scene_lines(folder, args.scene_seconds, 20)))
         results = {}
         for name, (video, audio, extra) in runs.items():

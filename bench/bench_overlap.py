@@ -23,15 +23,12 @@ import numpy as np
 import soundfile
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench_speed import build_models  # noqa: E402
-from latentsync.pipeline import LipSyncPipeline, PipelineOptions  # noqa: E402
-from latentsync.video import iter_frame_batches  # noqa: E402
-from report import write_report  # noqa: E402
+from bench_speed import build_models
+from common import MEDIA, REPO, write_report  # first: puts the repository on the path
+from latentsync.pipeline import LipSyncPipeline, PipelineOptions
+from latentsync.video import iter_frame_batches
 
-MEDIA = REPO.parent / "shared" / "media"
 STAGES = ("audio", "decode", "align", "denoise", "restore", "encode")
 
 
@@ -46,10 +43,10 @@ def timed_run(models, overlap: bool, audio: Path, out: Path, steps: int, detecto
     # the encoder works in ffmpeg, a child process: its CPU time, next to the pipe writes that "encode" times here
     encoder = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 3)
     every = {**stages, "ffmpeg_encoder_cpu": encoder}
-    return {"overlap": overlap, "frames": result.num_frames, "wall_seconds": round(wall, 3),
+    return {"overlap": overlap, "frames": result.output_frames, "wall_seconds": round(wall, 3),
             "stage_seconds": stages, "ffmpeg_encoder_cpu_seconds": encoder,
             "sum_of_stages": round(sum(stages.values()), 3), "slowest_stage": max(every, key=every.get),
-            "frames_per_second": round(result.num_frames / wall, 3)}
+            "frames_per_second": round(result.output_frames / wall, 3)}
 
 
 def main() -> int:

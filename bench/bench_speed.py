@@ -23,19 +23,15 @@ from pathlib import Path
 import soundfile
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
-sys.path.insert(0, str(REPO))
-
-from latentsync.audio import WhisperEncoder  # noqa: E402
-from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint  # noqa: E402
-from latentsync.checkpoints import CheckpointSet, get_version  # noqa: E402
-from latentsync.memory_limiter import Workload, detect_hardware, plan_memory  # noqa: E402
-from latentsync.models.loading import load_unet_config  # noqa: E402
-from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
-from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions  # noqa: E402
-from latentsync.tools import make_tiny_checkpoints as tiny  # noqa: E402
-from report import write_report  # noqa: E402
+from common import MEDIA, REPO, write_report  # first: puts the repository on the path
+from latentsync.audio import WhisperEncoder
+from latentsync.tools.make_tiny_checkpoints import make_tiny_whisper_checkpoint
+from latentsync.checkpoints import CheckpointSet, get_version
+from latentsync.memory_limiter import Workload, detect_hardware, plan_memory
+from latentsync.models.loading import load_unet_config
+from latentsync.models.unet import UNet3DConditionModel
+from latentsync.pipeline import LipSyncModels, LipSyncPipeline, PipelineOptions
+from latentsync.tools import make_tiny_checkpoints as tiny
 
 SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
                  "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
@@ -85,9 +81,9 @@ def run_config(name: str, args, attention: str, optimization_level: str, audio: 
     stages = {k: round(v, 3) for k, v in result.seconds.items()}
     report = {"attention": models.use_attention(attention), "optimization_level": optimization_level, "dtype": str(models.dtype),
               "chunks_per_call": result.plan.chunks_per_call, "vae_batch": result.plan.vae_batch,
-              "frames": result.num_frames, "stage_seconds": stages,
-              "denoise_frames_per_second": round(result.num_frames / result.seconds["denoise"], 3),
-              "end_to_end_frames_per_second": round(result.num_frames / seconds, 3)}
+              "frames": result.output_frames, "stage_seconds": stages,
+              "denoise_frames_per_second": round(result.output_frames / result.seconds["denoise"], 3),
+              "end_to_end_frames_per_second": round(result.output_frames / seconds, 3)}
     if torch.cuda.is_available():
         report["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1024 ** 3, 2)
     del models

@@ -28,14 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from latentsync.memory_limiter import Hardware, Workload, plan_memory  # noqa: E402
-from latentsync.options import PipelineOptions  # noqa: E402
-from latentsync.vae import SD_VAE_FT_MSE  # noqa: E402
-from latentsync.vram import (CUDA_CONTEXT, GB, TIER_HELP, TIERS, GpuWork, VramModel)  # noqa: E402
-from report import write_report  # noqa: E402
+from common import REPO, write_report  # first: puts the repository on the path
+from latentsync.memory_limiter import Hardware, Workload, plan_memory
+from latentsync.options import PipelineOptions
+from latentsync.vae import SD_VAE_FT_MSE
+from latentsync.vram import (CUDA_CONTEXT, GB, TIER_HELP, TIERS, GpuWork, VramModel)
 
 VERSIONS = {"1.6": 512, "1.5": 256}
 CARDS = (4, 6, 8, 12, 16, 24)  # GB, the lines on the chart

@@ -149,33 +149,3 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[slot["name"]] = [str(source), source_slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
-
-
-def write_clip(media: Path, folder: Path, name: str, seconds: float, scale: int = 1) -> Path:
-    """The first ``seconds`` of demo1's video (optionally downscaled) as an H.264 mp4 in ``folder``."""
-    import av
-
-    with av.open(str(media / "demo1_video.mp4")) as source, av.open(str(folder / name), mode="w") as out:
-        stream = source.streams.video[0]
-        fps = int(round(float(stream.average_rate)))
-        encoder = out.add_stream("libx264", rate=fps)
-        encoder.width, encoder.height = stream.width // scale, stream.height // scale
-        encoder.pix_fmt = "yuv420p"
-        count = int(round(seconds * fps))
-        for index, frame in enumerate(source.decode(stream)):
-            if index == count:
-                break
-            image = frame.reformat(width=encoder.width, height=encoder.height, format="rgb24").to_ndarray()
-            for packet in encoder.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in encoder.encode():
-            out.mux(packet)
-    return folder / name
-
-
-def write_speech(media: Path, folder: Path, name: str, seconds: float) -> Path:
-    import soundfile
-
-    samples, rate = soundfile.read(str(media / "long_speech_39s.wav"), dtype="float32")
-    soundfile.write(str(folder / name), samples[: int(seconds * rate)], rate)
-    return folder / name

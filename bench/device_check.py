@@ -41,16 +41,15 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from latentsync.attention import BACKENDS, availability, create_backend, relative_error  # noqa: E402
-from latentsync.checkpoints import SCHEDULER_CONFIG, get_version  # noqa: E402
-from latentsync.models.loading import load_unet_config  # noqa: E402
-from latentsync.models.unet import UNet3DConditionModel  # noqa: E402
-from latentsync.tools import make_tiny_checkpoints as tiny  # noqa: E402
-from latentsync.vae import SD_VAE_FT_MSE  # noqa: E402
-from report import write_report  # noqa: E402
+from common import MEDIA, REPO, write_report  # first: puts the repository on the path
+from latentsync.attention.core import relative_error
+from latentsync.attention.registry import BACKENDS
+from latentsync.attention.selection import availability, create_backend
+from latentsync.checkpoints import SCHEDULER_CONFIG, get_version
+from latentsync.models.loading import load_unet_config
+from latentsync.models.unet import UNet3DConditionModel
+from latentsync.tools import make_tiny_checkpoints as tiny
+from latentsync.vae import SD_VAE_FT_MSE
 
 FRAMES = 16
 # the published UNet, built from its own config with random weights and timed like ours (run from its checkout)
@@ -274,7 +273,7 @@ def end_to_end(args, clock: Clock, resolution: int) -> dict:
     import tempfile
 
     import soundfile
-    from bench_speed import MEDIA, run_config
+    from bench_speed import run_config
 
     if clock.left() < (30 if args.smoke else 150):
         return {"skipped": "the time budget is spent"}
