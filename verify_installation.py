@@ -46,7 +46,7 @@ def torch_report() -> dict:
 def attention_report(device: str) -> list[dict]:
     import torch
 
-    from latentsync.attention import backend_report
+    from latentsync.attention.selection import backend_report
 
     dtypes = [torch.float32] if device == "cpu" else [torch.float16, torch.bfloat16]
     rows = []
@@ -86,7 +86,7 @@ def ffmpeg_report() -> dict:
 
 
 def detector_report(root: Path) -> dict:
-    from latentsync.face import available_detectors
+    from latentsync.face.detectors import available_detectors
 
     return {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_detectors(root).items()}
 
