@@ -10,14 +10,6 @@ import pytest
 
 from latentsync import checkpoints
 from latentsync.checkpoints import MissingCheckpointError, locate, search_dirs
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    config = make_tiny_checkpoints(folder)
-    return folder, config
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from latentsync import LipSyncModels, LipSyncPipeline, PipelineOptions, compiled
 from latentsync.attention.selection import create_backend
 from latentsync.models.loading import load_unet
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 from helpers import make_audio, make_clip
 
 
@@ -50,9 +49,9 @@ def test_unet_compiles_whole_and_equals_eager(reference_unet, attention):
         assert torch.equal(shorter, unet(sample[:1], t, encoder_hidden_states=audio[:len(audio) // 2]))
 
 
-def test_whole_run_compiled_equals_eager(tmp_path, media_dir):
-    config = make_tiny_checkpoints(tmp_path / "checkpoints")
-    models = LipSyncModels.load("1.6", tmp_path / "checkpoints", unet_config=config, device="cpu")
+def test_whole_run_compiled_equals_eager(tmp_path, media_dir, tiny_set):
+    # its own models: the compiled run compiles their UNet and VAE decoder
+    models = LipSyncModels.load("1.6", tiny_set.checkpoints, unet_config=tiny_set.config, device="cpu")
     clip, audio = make_clip(media_dir, tmp_path, 1.0, Fraction(25)), make_audio(media_dir, tmp_path, 0.9)
 
     def frames(option: str) -> np.ndarray:

@@ -7,17 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from latentsync.tools.make_tiny_checkpoints import make_tiny_checkpoints
 
 SCRIPT = Path(__file__).resolve().parents[1] / "verify_installation.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verify")
-    return folder, make_tiny_checkpoints(folder)
 
 
 def run(*args):
