@@ -57,7 +57,8 @@ def scene_lines(folder: Path, seconds: float, count: int) -> list[str]:
 
 def heap_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, config: Path, one_thread: bool) -> dict:
     """One long run's memory after every synced group (``heap_probe.py``): slopes in KB per frame, fitted by least
-    squares over the frames of the 50-90 % of the run, with their standard errors."""
+    squares over the frames of the 50-90 % of the run, with their standard errors; and the growth from the first to
+    the last sample of that span."""
     video, audio = looped_video(folder, seconds, size="540:960"), looped_speech(folder, seconds)
     samples_file = folder / "samples.json"
     command = [sys.executable, str(Path(__file__).with_name("heap_probe.py")), str(samples_file),
@@ -72,19 +73,25 @@ def heap_slope(seconds: float, folder: Path, env: dict, checkpoints: Path, confi
     probe = json.loads(samples_file.read_text())
     frames = np.array([sample["frames"] for sample in probe["samples"]], dtype=np.float64)
     total = probe["frames"]
-    fitted = (frames >= 0.5 * total) & (frames < 0.9 * total)
+    fitted = (frames > probe["first_snapshot_after"]) & (frames < 0.9 * total)  # 50-90 %, the snapshot's cost aside
+    if fitted.sum() < 4:
+        print(f"{total} frames leave {fitted.sum()} samples to fit: give --slope-seconds 30 or more", file=sys.stderr)
+        return {"exit_code": 2}
     slopes = {}
     for name in ("rss", "c_heap", "python_heap"):
         values = np.array([sample[name] for sample in probe["samples"]], dtype=np.float64)
         (slope, _), cov = np.polyfit(frames[fitted], values[fitted], 1, cov=True)
+        first, last = values[fitted][0], values[fitted][-1]
         slopes[name] = {"kb_per_frame": round(slope / 1024, 3), "standard_error": round(np.sqrt(cov[0, 0]) / 1024, 3),
+                        "mb_first_and_last_fitted": [round(first / 2**20, 1), round(last / 2**20, 1)],
                         "mb_at_each_tenth": [round(float(np.median(values[(frames >= k * total / 10) &
                                                                           (frames < (k + 1) * total / 10)])) / 2**20)
                                              for k in range(10)]}
     return {"seconds_of_speech": seconds, "frames": total, "seconds": round(time.perf_counter() - started, 1),
             "exit_code": 0, "stages": "one thread" if one_thread else "overlapped (as the command line runs)",
-            "fitted": "least squares over the samples of the 50-90 % of the frames, one after every group",
-            "slopes": slopes, "python_lines_grown_most_from_40_to_90_percent": probe["growth"][:8],
+            "fitted": "least squares over the samples of the 50-90 % of the frames (one after every group), after "
+                      "the first tracemalloc snapshot",
+            "slopes": slopes, "python_lines_grown_most_from_50_to_100_percent": probe["growth"][:8],
             "target_kb_per_frame": "< 1"}
 
 
