@@ -17,7 +17,7 @@ from latentsync.models.streaming import stream_groups, streamed_weights
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.options import PipelineOptions
 from latentsync.tools.make_tiny_checkpoints import TINY_RESOLUTION, TINY_UNET, TINY_VAE
-from latentsync.vram import (CUDA_CONTEXT, GB, GpuWork, ModelShapes, _face_affine, count_denoise,
+from latentsync.vram import (CUDA_CONTEXT, GB, GpuWork, ModelShapes, VramModel, _face_affine, count_denoise,
                              count_faces, count_paste, count_warp)
 from latentsync.vram_tracker import LiveBytes
 
@@ -175,3 +175,18 @@ def test_each_tier_gives_the_default_output(dtype, tolerance):
         streamed = run(guidance_in_sequence=True, offload_vae=True)
     assert (streamed - default).abs().max() <= tolerance
     assert torch.equal(run(), default)  # and nothing of the tiers stays behind
+
+
+def test_a_work_counted_by_another_process_is_read_not_counted_again(tmp_path, monkeypatch):
+    """Two processes planning at once (two ComfyUI servers, two test workers) count each work once: a model whose
+    counts were read before the other counted looks in the shared file again before counting."""
+    import latentsync.vram as vram
+
+    cache = tmp_path / "counts.json"
+    first, second = VramModel(TINY, cache), VramModel(TINY, cache)  # the second has read an empty file
+    work = GpuWork(1, 2, 2, (192, 160), dtype="float32")
+    counted = first.peak(work)
+    for name in ("count_weights", "count_denoise", "count_faces", "count_features"):
+        monkeypatch.setattr(vram, name, lambda *args, name=name: pytest.fail(f"{name} counted again"))
+    assert second.peak(work) == counted
+    assert (tmp_path / ".counts.json.lock").exists()  # counted under the lock every process takes
