@@ -16,7 +16,6 @@ The peak depends on the batches, not on the video's length: nothing here grows w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -177,14 +176,12 @@ class VramModel:
     def _count(self, kind: str, key: dict, count):
         name = f"{kind} {json.dumps(key, sort_keys=True)}"
         with _COUNTING:  # one count at a time in a process: they share the fake models
-            if name not in self._counts and self.cache is not None:
-                with _counting_here(self.cache):  # and across processes: another may be counting it (seconds)
-                    self._counts.update(_read_json(self.cache).get(self._key, {}))  # what others counted since
-                    if name not in self._counts:
-                        self._counts[name] = count()
-                        _store(self.cache, self._key, name, self._counts[name])
-            elif name not in self._counts:
+            if name not in self._counts and self.cache is not None:  # another process may have counted it since
+                self._counts.update(_read_json(self.cache).get(self._key, {}))
+            if name not in self._counts:
                 self._counts[name] = count()
+                if self.cache is not None:
+                    _store(self.cache, self._key, name, self._counts[name])
             return self._counts[name]
 
 
@@ -377,26 +374,6 @@ def cache_file() -> Path:
     from .paths import user_cache
 
     return user_cache() / "vram_counts.json"
-
-
-@contextlib.contextmanager
-def _counting_here(path: Path):
-    """Hold the counts' lock file (POSIX ``flock``) while counting, so processes that plan at the same time count
-    each work once; where it cannot be held (no ``fcntl``, a read-only folder) counting goes on without it."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_name(f".{path.name}.lock"), "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_json(path: Path) -> dict:
