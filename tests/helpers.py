@@ -86,8 +86,6 @@ def collect(run) -> np.ndarray:
 
 def write_clip(media: Path, folder: Path, name: str, seconds: float, scale: int = 1) -> Path:
     """The first ``seconds`` of demo1's video (optionally downscaled) as an H.264 mp4 in ``folder``."""
-    import av
-
     with av.open(str(media / "demo1_video.mp4")) as source, av.open(str(folder / name), mode="w") as out:
         stream = source.streams.video[0]
         fps = int(round(float(stream.average_rate)))
@@ -107,8 +105,7 @@ def write_clip(media: Path, folder: Path, name: str, seconds: float, scale: int 
 
 
 def write_speech(media: Path, folder: Path, name: str, seconds: float) -> Path:
-    import soundfile
-
+    """The first ``seconds`` of the 39 s speech track, as a float wav in ``folder``."""
     samples, rate = soundfile.read(str(media / "long_speech_39s.wav"), dtype="float32")
     soundfile.write(str(folder / name), samples[: int(seconds * rate)], rate)
     return folder / name
