@@ -596,7 +596,8 @@ def test_frames_and_mask_outputs_that_would_not_fit_in_ram_fail_before_a_frame_i
     images, _, audio, fps = short_clip
     model = load_model(package)
     memory = library("memory_limiter")
-    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10 ** 6, total=2 ** 36))
+    ram = types.SimpleNamespace(available=10 ** 6, total=2 ** 36)  # 64 GB, 1 MB of it free
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: ram)
     prompt = {"5": {"class_type": "LatentSyncLipSync", "inputs": {}},
               "9": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 3]}}}
     with pytest.raises(MemoryError, match="the mouth_mask output would take .* disconnect mouth_mask and use the "
