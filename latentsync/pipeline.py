@@ -187,7 +187,7 @@ class LipSyncPipeline:
             if hasattr(sink, "start"):
                 sink.start(synced.output_frames, synced.height, synced.width)
         delay, sound = synced.audio_delay, None
-        if delay is not None and not isinstance(audio, (str, Path)):  # placed here once, for the file and the caller
+        if muxed and delay is not None and not isinstance(audio, (str, Path)):  # placed once: the file, the caller
             from .audio import placed
 
             waveform, rate = _waveform_and_rate(audio, synced.samples)

@@ -41,7 +41,7 @@ def batch_here(workspace, jobs: Path, capsys, *extra: str) -> subprocess.Complet
     """The command run by ``main`` in this process: its exit code and what it printed."""
     try:
         code = main(arguments(workspace, jobs, *extra))
-    except SystemExit as exit:  # argparse's usage errors
+X
         code = exit.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess([], code, out, err)

@@ -75,7 +75,7 @@ class StreamedAlign:
 
     def groups(self, pool: BufferPool) -> Iterator[Group]:
         plan, known, times = self.plan, self.plan.track, self.control.times
-        self.control.report("detect faces", 0, plan.speech_stop - plan.speech_start)
+        self.control.report("detect faces", 0, plan.frames_to_sync)
         batches = frames_between(plan.source, plan.speech_start, plan.speech_stop, plan.group_frames, pool.allocate)
         try:
             while True:

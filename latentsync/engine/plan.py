@@ -44,6 +44,11 @@ class RunPlan:
         return min(max(self.output_range[1] - self.timeline.lead, 0), self.timeline.speech)
 
     @property
+    def frames_to_sync(self) -> int:
+        """The synced frames this run makes: all the speech's, or a segment's part of them."""
+        return self.speech_stop - self.speech_start
+
+    @property
     def fps(self) -> Fraction:
         return self.source.fps
 

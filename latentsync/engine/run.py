@@ -39,7 +39,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     audio_delay: float | None = None  # the output's sound: the speech after this many seconds of silence, padded
     # with silence to the video's end (audio_start, when_video_is_longer keep); None: the speech as it is
-    sound: tuple | None = None  # that placed sound as (waveform, rate), when the speech was given in memory
+    sound: tuple | None = None  # that placed sound as (waveform, rate), when the speech was given in memory (a
+    # whole run, not a segment: its parts are muxed once joined)
 
 
 class SyncedFrames:
@@ -175,7 +176,7 @@ class SyncedFrames:
     def result(self, output_path: Path | None = None) -> RunResult:
         seconds = dict(self.control.times.seconds, total=time.perf_counter() - self._started)
         count = self.output_frames
-        without = self.plan.speech_stop - self.plan.speech_start - self.align.frames_with_face
+        without = self.plan.frames_to_sync - self.align.frames_with_face
         if without:
             log.warning("%d of %d frames had no usable face and were passed through unchanged", without, count)
         close_calls = self.aligner.close_calls_warning()

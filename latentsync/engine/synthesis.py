@@ -61,7 +61,7 @@ class Synthesis:
                 group.synced = self._synced(group, window)
             faces_found = faces_found or group.synced is not None
             self.control.report(SYNC_STAGE if faces_found else NO_FACE_YET, start + count - plan.speech_start,
-                                plan.speech_stop - plan.speech_start)
+                                plan.frames_to_sync)
             yield group
 
     def _synced(self, group: Group, audio: torch.Tensor) -> torch.Tensor | None:
@@ -74,8 +74,7 @@ class Synthesis:
         face_pixels = fill_missing_faces(group.aligned.faces, has_face)
         size, count = denoiser.settings.chunk_size, len(group.frames)
         chunks = [Chunk(face_pixels[i:i + size], audio[i:i + size]) for i in range(0, count, size)]
-        plan = self.plan
-        done_before, total = group.speech_start - plan.speech_start, plan.speech_stop - plan.speech_start
+        done_before, total = group.speech_start - self.plan.speech_start, self.plan.frames_to_sync
 
         def on_step(step: int, steps: int) -> None:  # progress; cancel and stop within one denoising step
             self.control.check()
