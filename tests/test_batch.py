@@ -41,8 +41,8 @@ def batch_here(workspace, jobs: Path, capsys, *extra: str) -> subprocess.Complet
     """The command run by ``main`` in this process: its exit code and what it printed."""
     try:
         code = main(arguments(workspace, jobs, *extra))
-X
-        code = exit.code
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess([], code, out, err)
 
