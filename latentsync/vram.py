@@ -21,6 +21,7 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ DETECTOR_ARENA = 512 * MB
 FRAGMENTATION = 0.10
 # groups whose faces are on the GPU at once: one in each stage, one in each queue between (engine/run.py's pool)
 GROUPS_IN_FLIGHT = 6
-COUNTS_FORMAT = 1  # raised when what is counted changes: cached counts of an older format are not used
+COUNTS_FORMAT = 2  # raised when what is counted changes: cached counts of an older format are not used
 # the model's face: its crop as wide as half the frame (a close-up talking head; a smaller face pastes less)
 FACE_SHARE = 0.5
 
@@ -146,7 +147,8 @@ class VramModel:
     def __init__(self, shapes: ModelShapes, cache: Path | None = None):
         self.shapes = shapes
         self.cache = cache
-        self._key = f"{shapes.key} torch {torch.__version__} counts v{COUNTS_FORMAT}"  # a new torch counts anew
+        # a new torch or kornia (the face warps' allocations) counts anew
+        self._key = f"{shapes.key} torch {torch.__version__} kornia {version('kornia')} counts v{COUNTS_FORMAT}"
         self._counts = _read_json(cache).get(self._key, {}) if cache is not None else {}
 
     @classmethod
@@ -297,8 +299,10 @@ def count_faces(shapes: ModelShapes, work: GpuWork) -> dict:
     """The face warp's peak (``FaceStage.crop`` on CUDA's recipe) and the paste's (``FaceStage.restore``) for
     ``work.face_batch`` frames of ``work.frame_shape``, and one group's faces on the GPU (uint8 aligned faces and
     synced faces in the run's dtype). Both face stages read values (which faces are there, the mask's area), so they
-    run on real tensors: 1 and 2 frames, the line through them extended to the batch (every tensor they make has one
-    row per frame; tested against a direct count), since whole batches of 1080p frames take seconds on a CPU."""
+    run on real tensors: 2 and 3 frames, the line through them extended to the batch (every tensor they make has one
+    row per frame; tested against a direct count), since whole batches of 1080p frames take seconds on a CPU. Not 1
+    frame: since kornia 0.9.2 frees the warp's grid early, one frame's peak can sit in the Lanczos resize, whose weight
+    matrices do not grow with the batch (off the warp's line)."""
     from .face.geometry import CropGeometry
     from .face.stage import FaceStage
 
@@ -307,8 +311,11 @@ def count_faces(shapes: ModelShapes, work: GpuWork) -> dict:
     stage = FaceStage(None, size, device="cpu", recipe="cuda")
     counts = {}
     for name, count in (("align", count_warp), ("restore", count_paste)):
-        one, two = (count(stage, affine, dtype, frames, work.frame_shape) for frames in (1, 2))
-        counts[name] = one + (work.face_batch - 1) * (two - one)
+        if work.face_batch <= 3:
+            counts[name] = count(stage, affine, dtype, work.face_batch, work.frame_shape)
+        else:
+            two, three = (count(stage, affine, dtype, frames, work.frame_shape) for frames in (2, 3))
+            counts[name] = three + (work.face_batch - 3) * (three - two)
     group = work.chunks_per_call * shapes.chunk_size
     counts["group_faces"] = block_bytes(group * 3 * size * size) + block_bytes(group * 3 * size * size * dtype.itemsize)
     return counts
