@@ -150,6 +150,22 @@ def test_bad_jobs_file_is_one_sentence_before_any_work(workspace, tmp_path, caps
     assert not (tmp_path / "jobs.manifest.jsonl").exists()
 
 
+def test_ray_workers_are_sent_the_whole_library(monkeypatch):
+    """Workers on other machines import the library Ray ships them (``py_modules``): the ``latentsync`` package's
+    folder, not the batch subpackage the runner lives in; and the driver's LATENTSYNC_/HF_ settings, nothing else."""
+    import latentsync
+    from latentsync.batch.ray_runner import runtime_env
+
+    monkeypatch.setenv("LATENTSYNC_CACHE", "/somewhere")
+    monkeypatch.setenv("HF_HOME", "/hf")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = runtime_env()
+    assert env["py_modules"] == [str(Path(latentsync.__file__).resolve().parent)]
+    assert Path(env["py_modules"][0]).name == "latentsync"
+    assert env["env_vars"]["LATENTSYNC_CACHE"] == "/somewhere" and env["env_vars"]["HF_HOME"] == "/hf"
+    assert "UNRELATED_SECRET" not in env["env_vars"]
+
+
 def test_ray_with_two_workers_gives_the_local_outputs(workspace, tmp_path):
     """A local Ray cluster with two workers (each loads the models once) runs the jobs; the decoded frames equal
     those of the local batch, job for job. Both run torch on one thread, as Ray gives a one-CPU worker: the thread

@@ -61,6 +61,13 @@ def _speaks_grpc(connection: socket.socket) -> bool:
     return header[3] == 4  # frame type SETTINGS
 
 
+def runtime_env() -> dict:
+    """What the workers get: the whole library (the ``latentsync`` package's folder; workers need not have this
+    checkout on their path) and the driver's LATENTSYNC_ and HF_ variables."""
+    return {"py_modules": [str(Path(__file__).resolve().parents[1])],
+            "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LATENTSYNC_", "HF_"))}}
+
+
 class RayWorkers:
     """A Ray cluster (a local one when ``address`` is None) and its JobRunner actors, for a ``with`` block: one per
     GPU, or per CPU slot when there is none (``count`` overrides). Leaving the block shuts Ray down."""
@@ -77,10 +84,7 @@ class RayWorkers:
         self.record = None  # a local cluster's record (``local_cluster``), while it runs
 
     def __enter__(self) -> "RayWorkers":
-        # the library travels with the jobs: workers need not have this checkout on their path
-        init = {"runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)],
-                                "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LATENTSYNC_", "HF_"))}},
-                "include_dashboard": False, "log_to_driver": False,
+        init = {"runtime_env": runtime_env(), "include_dashboard": False, "log_to_driver": False,
                 "logging_level": logging.WARNING if self.quiet else logging.INFO}
         handlers = _signal_handlers()
         ray = self.ray
