@@ -200,7 +200,7 @@ def load_stereo(source: AudioSource, rate: int = 48000) -> np.ndarray:
     """``source`` (a file, a ComfyUI AUDIO dict or a (waveform, rate) pair) as float32 (2, samples) at ``rate``, for
     mixing into an output's sound: mono in both channels, the first two of more."""
     if isinstance(source, (str, Path)):
-        return _decoded(Path(source), "fltp", "stereo", rate).astype(np.float32)
+        return _decoded(Path(source), "fltp", "stereo", rate).astype(np.float32, copy=False)  # fltp: float32 already
     waveform, source_rate = (source["waveform"], source["sample_rate"]) if isinstance(source, Mapping) else source
     array = _as_float_array(waveform)
     array = array[0] if array.ndim == 3 else array[None] if array.ndim == 1 else array
