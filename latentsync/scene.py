@@ -127,15 +127,15 @@ def plan_stretches(placed: list[PlacedLine], fps: Fraction, options, chunk: int)
     (``options.sync_only_speech``) its stretches with speech, padded, widened to the model's ``chunk`` frames where
     shorter and joined where they then touch."""
     stretches = []
-    for number, line in enumerate(placed, 1):
-        face = options.face if line.line.face is None else line.line.face
-        for start, stop in _speech_frames(line.samples, fps, line.stop - line.first, chunk, options):
+    for number, spoken in enumerate(placed, 1):
+        face = options.face if spoken.line.face is None else spoken.line.face
+        for start, stop in _speech_frames(spoken.samples, fps, spoken.stop - spoken.first, chunk, options):
             cut = round(start * SAMPLE_RATE / fps)
             length = math.ceil((stop - start) * SAMPLE_RATE / fps)  # just enough for stop - start frames
-            piece = line.samples[cut:cut + length]
+            piece = spoken.samples[cut:cut + length]
             if len(piece) < length:
                 piece = np.pad(piece, (0, length - len(piece)))
-            stretches.append(Stretch(number, line.first + start, line.first + stop, piece, face))
+            stretches.append(Stretch(number, spoken.first + start, spoken.first + stop, piece, face))
     return sorted(stretches, key=lambda stretch: stretch.first)
 
 
