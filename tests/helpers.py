@@ -72,9 +72,10 @@ def decode_first(path: Path, count: int) -> np.ndarray:
     return np.concatenate(frames)[:count]
 
 
-def make_audio(media_dir: Path, folder: Path, seconds: float) -> Path:
+def make_audio(media_dir: Path, folder: Path, seconds: float, name: str | None = None) -> Path:
+    """The first ``seconds`` of the 39 s speech track (16-bit PCM, as the source) in ``folder``."""
     speech, rate = soundfile.read(media_dir / "long_speech_39s.wav", dtype="int16")
-    path = folder / f"speech_{seconds:.2f}.wav"
+    path = folder / (name or f"speech_{seconds:.2f}.wav")
     soundfile.write(path, speech[: int(seconds * rate)], rate, subtype="PCM_16")
     return path
 
@@ -101,13 +102,6 @@ def write_clip(media: Path, folder: Path, name: str, seconds: float, scale: int 
                 out.mux(packet)
         for packet in encoder.encode():
             out.mux(packet)
-    return folder / name
-
-
-def write_speech(media: Path, folder: Path, name: str, seconds: float) -> Path:
-    """The first ``seconds`` of the 39 s speech track, as a float wav in ``folder``."""
-    samples, rate = soundfile.read(str(media / "long_speech_39s.wav"), dtype="float32")
-    soundfile.write(str(folder / name), samples[: int(seconds * rate)], rate)
     return folder / name
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_server import REPO, comfyui_server, get, post
-from helpers import write_clip, write_speech
+from helpers import make_audio, write_clip
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,9 +63,9 @@ def test_a_user_runs_the_template_in_the_browser(tmp_path, media_dir):
     # the files the template names, and a video whose name sorts first (Load Audio lists videos too)
     write_clip(media_dir, base / "input", "a_first_clip.mp4", 0.64, scale=2)
     write_clip(media_dir, base / "input", "talking_head.mp4", 0.64, scale=2)
-    write_speech(media_dir, base / "input", "speech.wav", 0.64)
-    long_speech = write_speech(media_dir, base / "input", "speech_long.wav", 12.0).name
-    blip = write_speech(media_dir, base / "input", "speech_blip.wav", 0.02).name
+    make_audio(media_dir, base / "input", 0.64, "speech.wav")
+    long_speech = make_audio(media_dir, base / "input", 12.0, "speech_long.wav").name
+    blip = make_audio(media_dir, base / "input", 0.02, "speech_blip.wav").name
     env = {"LATENTSYNC_CHECKPOINTS": str(tiny), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
     workflow = json.loads(TEMPLATE.read_text())
     by_type = {node["type"]: node for node in workflow["nodes"]}

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from comfyui_server import PACK_NAME, REPO, comfyui_server, get, post, ui_to_api
-from helpers import write_clip, write_speech
+from helpers import make_audio, write_clip
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 TEMPLATE = "Lip sync a talking-head video to speech (LatentSync)"  # its title in Browse Templates
@@ -82,9 +82,9 @@ def test_nodes_in_a_real_comfyui_server(tmp_path, media_dir):
     tiny = tmp_path / "tiny-checkpoints"
     config = make_tiny_checkpoints(tiny)
     video = write_clip(media_dir, base / "input", "latentsync_test_clip.mp4", CLIP_SECONDS, scale=2).name
-    speech = write_speech(media_dir, base / "input", "latentsync_test_speech.wav", CLIP_SECONDS).name
-    long_speech = write_speech(media_dir, base / "input", "latentsync_test_speech_long.wav", 8 * CLIP_SECONDS).name
-    too_short = write_speech(media_dir, base / "input", "latentsync_test_blip.wav", 0.02).name
+    speech = make_audio(media_dir, base / "input", CLIP_SECONDS, "latentsync_test_speech.wav").name
+    long_speech = make_audio(media_dir, base / "input", 8 * CLIP_SECONDS, "latentsync_test_speech_long.wav").name
+    too_short = make_audio(media_dir, base / "input", 0.02, "latentsync_test_blip.wav").name
     env = {"LATENTSYNC_CHECKPOINTS": str(tiny), "LATENTSYNC_UNET_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
     timings = {}
     with comfyui_server(COMFYUI_DIR, base, env, os.environ.get("COMFYUI_PYTHON")) as server:
